@@ -1,0 +1,38 @@
+"""sfc_plugin: sparse feature circuits (Marks et al.) on SAELens + TransformerLens.
+
+The public API lives here; submodules are imported lazily so ``import sfc_plugin`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "sfc_plugin.models",
+    "load_tokenizer": "sfc_plugin.models",
+    "load_saes": "sfc_plugin.dictionaries",
+    "attach_saes": "sfc_plugin.sites",
+    "Site": "sfc_plugin.sites",
+    "node_effects": "sfc_plugin.effects",
+    "NodeEffects": "sfc_plugin.effects",
+    "Dataset": "sfc_plugin.data",
+    "read_dataset": "sfc_plugin.data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from sfc_plugin.data import Dataset, read_dataset
+    from sfc_plugin.dictionaries import load_saes
+    from sfc_plugin.effects import NodeEffects, node_effects
+    from sfc_plugin.models import load_model, load_tokenizer
+    from sfc_plugin.sites import Site, attach_saes
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sfc_plugin' has no attribute {name!r}")

