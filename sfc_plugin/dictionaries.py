@@ -1,0 +1,302 @@
+"""Loading sparse autoencoders (the "dictionaries" of sparse feature circuits).
+
+:func:`load_saes` turns any of the usual ways of naming a set of SAELens SAEs into one
+``dict[hook_name, SAE]``, keyed by the TransformerLens hook each SAE reads
+(``sae.cfg.metadata.hook_name``) and ordered as the model computes those hooks
+(see :func:`sfc_plugin.sites.hook_sort_key`). Accepted sources:
+
+* a release name: either a release bundled with this package (see :func:`register_release`)
+  or a SAELens pretrained release (a key of SAELens' ``pretrained_saes.yaml``), with
+  ``sae_ids`` choosing some of its SAEs (all of them if ``None``);
+* a directory written by ``SAE.save_model`` (``cfg.json`` + ``sae_weights.safetensors``),
+  a directory whose immediate subdirectories are such directories, or a list of either;
+* SAE objects: one ``SAE``, a list of them, or a dict ``hook_name -> SAE``.
+
+Bundled releases are plain directories of ``SAE.save_model`` subdirectories, one per SAE id
+(the id is the subdirectory name); they load offline and take precedence over SAELens' names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from sae_lens import SAE
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+from sae_lens.util import dtype_to_str, str_to_dtype
+
+from sfc_plugin.sites import hook_sort_key
+
+__all__ = [
+    "load_saes",
+    "register_release",
+    "registered_releases",
+    "unregister_release",
+]
+
+SAESource = str | os.PathLike | SAE | Sequence[str | os.PathLike | SAE] | Mapping[str, SAE]
+
+_BUNDLED_RELEASES: dict[str, Path] = {}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def register_release(name: str, directory: str | os.PathLike) -> None:
+    """Register a bundled release: ``load_saes(name, sae_ids=...)`` then loads, offline, the
+    ``SAE.save_model`` subdirectories of ``directory`` whose names are the requested ids.
+
+    Registering an existing name again replaces its directory. Bundled names shadow SAELens
+    pretrained releases of the same name.
+    """
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"release {name!r}: directory {str(path)!r} does not exist")
+    _BUNDLED_RELEASES[name] = path.resolve()
+
+
+def unregister_release(name: str) -> None:
+    """Forget a bundled release registered with :func:`register_release` (no-op if unknown)."""
+    _BUNDLED_RELEASES.pop(name, None)
+
+
+def registered_releases() -> dict[str, Path]:
+    """The bundled releases: name -> directory (a copy)."""
+    return dict(_BUNDLED_RELEASES)
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype_str(dtype: str | torch.dtype) -> str:
+    return dtype_to_str(dtype) if isinstance(dtype, torch.dtype) else dtype
+
+
+def _looks_like_path(source: str | os.PathLike) -> bool:
+    """Whether a string is meant as a filesystem path rather than a release name."""
+    if not isinstance(source, str):
+        return True
+    return (
+        os.sep in source
+        or "/" in source
+        or source.startswith((".", "~"))
+        or (os.altsep is not None and os.altsep in source)
+    )
+
+
+def _few(choices: Iterable[str], bad: str, n: int = 8) -> str:
+    """A short human-readable list of valid choices, closest matches to ``bad`` first."""
+    choices = list(choices)
+    close = difflib.get_close_matches(bad, choices, n=3, cutoff=0.6)
+    shown = close + [c for c in choices if c not in close][: max(0, n - len(close))]
+    more = f", ... ({len(choices)} in all)" if len(choices) > len(shown) else ""
+    return ", ".join(repr(c) for c in shown) + more
+
+
+def _normalise_ids(sae_ids: str | Sequence[str] | None) -> list[str] | None:
+    if sae_ids is None:
+        return None
+    ids = [sae_ids] if isinstance(sae_ids, str) else list(sae_ids)
+    if not ids:
+        raise ValueError("sae_ids is empty: pass None to load every SAE of the release")
+    return ids
+
+
+def _is_sae_dir(path: Path) -> bool:
+    return (path / SAE_CFG_FILENAME).is_file()
+
+
+def _load_sae_dir(path: Path, device: str, dtype: str) -> SAE:
+    weights = path / SAE_WEIGHTS_FILENAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"SAE directory {str(path)!r} has no {SAE_WEIGHTS_FILENAME}")
+    return SAE.load_from_disk(path, device=device, dtype=dtype)
+
+
+def _load_path(path: str | os.PathLike, device: str, dtype: str) -> list[tuple[str, SAE]]:
+    """Load an SAE directory, or every SAE subdirectory of a directory."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"SAE path {str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ValueError(
+            f"SAE path {str(path)!r} is not a directory; expected a directory saved by "
+            f"SAE.save_model (with {SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME}) or a "
+            "directory of such directories"
+        )
+    if _is_sae_dir(p):
+        return [(str(p), _load_sae_dir(p, device, dtype))]
+    subdirs = sorted(c for c in p.iterdir() if c.is_dir() and _is_sae_dir(c))
+    if not subdirs:
+        raise ValueError(
+            f"directory {str(path)!r} holds no SAE: neither it nor any immediate subdirectory "
+            f"contains {SAE_CFG_FILENAME}"
+        )
+    return [(str(c), _load_sae_dir(c, device, dtype)) for c in subdirs]
+
+
+def _load_bundled(
+    name: str, ids: list[str] | None, device: str, dtype: str
+) -> list[tuple[str, SAE]]:
+    root = _BUNDLED_RELEASES[name]
+    if not root.is_dir():
+        raise FileNotFoundError(f"bundled release {name!r}: directory {str(root)!r} is missing")
+    available = sorted(c.name for c in root.iterdir() if c.is_dir() and _is_sae_dir(c))
+    if ids is None:
+        ids = available
+        if not ids:
+            raise ValueError(f"bundled release {name!r} ({str(root)!r}) contains no SAE")
+    for sae_id in ids:
+        if sae_id not in available:
+            raise ValueError(
+                f"sae_ids: {sae_id!r} is not an SAE of bundled release {name!r}; "
+                f"valid ids: {_few(available, sae_id) or '(none)'}"
+            )
+    return [(f"{name}:{i}", _load_sae_dir(root / i, device, dtype)) for i in ids]
+
+
+def _load_pretrained(
+    release: str, ids: list[str] | None, device: str, dtype: str
+) -> list[tuple[str, SAE]]:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    available = list(get_pretrained_saes_directory()[release].saes_map)
+    if ids is None:
+        ids = available
+    # Check every id before loading anything, so a typo does not cost a partial download.
+    for sae_id in ids:
+        if sae_id not in available:
+            raise ValueError(
+                f"sae_ids: {sae_id!r} is not an SAE of SAELens release {release!r}; "
+                f"valid ids: {_few(available, sae_id)}"
+            )
+    return [
+        (f"{release}:{i}", SAE.from_pretrained(release, i, device=device, dtype=dtype)) for i in ids
+    ]
+
+
+def _load_release_or_path(
+    source: str | os.PathLike, ids: list[str] | None, device: str, dtype: str
+) -> list[tuple[str, SAE]]:
+    if isinstance(source, str) and source in _BUNDLED_RELEASES:
+        return _load_bundled(source, ids, device, dtype)
+    if isinstance(source, str) and not _looks_like_path(source):
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
+        if source in directory:
+            return _load_pretrained(source, ids, device, dtype)
+        if not Path(source).exists():
+            releases = [*_BUNDLED_RELEASES, *directory]
+            raise ValueError(
+                f"source: {source!r} is neither a known SAE release nor an existing path; "
+                f"known releases include {_few(releases, source)}"
+            )
+    if ids is not None:
+        raise ValueError("sae_ids only applies when source is a release name")
+    return _load_path(source, device, dtype)
+
+
+def _move(sae: SAE, device: str | None, dtype: str | torch.dtype | None) -> SAE:
+    if device is not None or dtype is not None:
+        sae = sae.to(
+            device=device,
+            dtype=None if dtype is None else str_to_dtype(dtype),
+        )
+    return sae
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_saes(
+    source: SAESource,
+    sae_ids: str | Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> dict[str, SAE]:
+    """Load SAEs from ``source`` and key them by the hook name each one reads.
+
+    Args:
+        source: a release name (bundled, see :func:`register_release`, or SAELens pretrained),
+            an ``SAE.save_model`` directory, a directory of such directories, a list of such
+            directories, an ``SAE``, a list of SAEs, or a dict ``hook_name -> SAE`` (see the
+            module docstring).
+        sae_ids: with a release name, the SAE id(s) to load (a string or a list); ``None``
+            loads every SAE of the release. Not allowed with other sources.
+        device: where to put the SAEs. ``None`` means ``"cuda"`` if available else ``"cpu"``
+            for SAEs loaded from files, and "leave where they are" for SAE objects.
+        dtype: SAE parameter dtype (``"float32"``, ``"bfloat16"``, ... or a ``torch.dtype``).
+            ``None`` means ``"float32"`` for SAEs loaded from files, and "leave as they are"
+            for SAE objects.
+
+    Returns:
+        ``{hook_name: SAE}`` in the model's forward order (:func:`hook_sort_key`). SAE objects
+        passed in are returned themselves (moved in place if ``device``/``dtype`` are given).
+
+    Raises:
+        ValueError: empty source; unknown release or SAE id (the message lists valid
+            choices); ``sae_ids`` with a non-release source; an SAE without a hook name in its
+            metadata; two SAEs reading the same hook; a dict key that disagrees with its SAE.
+        FileNotFoundError: a path (or a file an SAE directory needs) does not exist.
+    """
+    load_device = str(device) if device is not None else _default_device()
+    load_dtype = _dtype_str(dtype) if dtype is not None else "float32"
+    obj_device = str(device) if device is not None else None
+    ids = _normalise_ids(sae_ids)
+    if ids is not None and not isinstance(source, (str, os.PathLike)):
+        raise ValueError("sae_ids only applies when source is a release name")
+
+    # (description of where the SAE came from, SAE), in source order.
+    items: list[tuple[str, SAE]] = []
+    if isinstance(source, SAE):
+        items.append(("the SAE passed as source", _move(source, obj_device, dtype)))
+    elif isinstance(source, Mapping):
+        for key, sae in source.items():
+            if not isinstance(sae, SAE):
+                raise TypeError(f"source[{key!r}] is a {type(sae).__name__}, not an SAE")
+            hook = sae.cfg.metadata.hook_name
+            if hook and hook != key:
+                raise ValueError(
+                    f"source[{key!r}]: the key disagrees with the SAE's own hook name {hook!r}"
+                )
+            items.append((f"source[{key!r}]", _move(sae, obj_device, dtype)))
+    elif isinstance(source, (str, os.PathLike)):
+        items.extend(_load_release_or_path(source, ids, load_device, load_dtype))
+    elif isinstance(source, Sequence):
+        for i, item in enumerate(source):
+            if isinstance(item, SAE):
+                items.append((f"source[{i}] (an SAE)", _move(item, obj_device, dtype)))
+            elif isinstance(item, (str, os.PathLike)):
+                items.extend(_load_path(item, load_device, load_dtype))
+            else:
+                raise TypeError(
+                    f"source[{i}] is a {type(item).__name__}; expected an SAE or a directory"
+                )
+    else:
+        raise TypeError(f"cannot load SAEs from a {type(source).__name__}")
+    if not items:
+        raise ValueError("source is empty: no SAE to load")
+
+    by_hook: dict[str, tuple[str, SAE]] = {}
+    for origin, sae in items:
+        hook = sae.cfg.metadata.hook_name
+        if not hook:
+            raise ValueError(f"{origin}: SAE has no hook_name in cfg.metadata")
+        if hook in by_hook:
+            raise ValueError(
+                f"two SAEs read hook {hook!r}: {by_hook[hook][0]} and {origin}; "
+                "load_saes keeps one SAE per hook"
+            )
+        by_hook[hook] = (origin, sae)
+    return {hook: by_hook[hook][1] for hook in sorted(by_hook, key=hook_sort_key)}
