@@ -22,7 +22,9 @@ _EXPORTS = {
     "read_dataset": "sfc_plugin.data",
 }
 
-__all__ = sorted(_EXPORTS)
+_SUBMODULES = ("datasets",)
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 if TYPE_CHECKING:
     from sfc_plugin.data import Dataset, read_dataset
@@ -35,4 +37,6 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sfc_plugin.{name}")
     raise AttributeError(f"module 'sfc_plugin' has no attribute {name!r}")

@@ -27,6 +27,7 @@ averages over examples.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ def node_effects(
     aggregation: Aggregation = "templatic",
     batch_size: int = 16,
     max_batch_rows: int | None = None,
+    nodes: Sequence[str] | None = None,
     progress: bool = True,
 ) -> NodeEffects:
     """Indirect effects of every feature and error node at every SAE site.
@@ -138,6 +140,9 @@ def node_effects(
         max_batch_rows: bound on sequences per forward when IG steps or exact-patching nodes
             are stacked on the batch axis (default ``batch_size * steps``); memory per forward
             scales with it.
+        nodes: with ``method="exact"``, patch only these node ids (``node_id`` format, e.g.
+            ``"blocks.3.hook_mlp_out/f12@5"``; no ``@pos`` under sum aggregation) and leave NaN
+            for the rest: exact values for the few nodes you want to check.
         progress: show a progress bar when there is more than one batch.
 
     Returns:
@@ -159,6 +164,9 @@ def node_effects(
     templatic = aggregation == "templatic"
     tokens = tokenize(model, dataset, same_length=templatic, need_patch=ablation == "patch")
     metric_fn = resolve_metric(metric, dataset.is_pairs)
+    if nodes is not None and method != "exact":
+        raise ValueError("nodes= selects nodes for method='exact' only; AtP and IG get all nodes")
+    wanted = None if nodes is None else _wanted_nodes(nodes, sites, tokens.n_pos, templatic)
     max_rows = max_batch_rows or batch_size * steps
     means = (
         _mean_values(model, sites, tokens.batches(batch_size), templatic)
@@ -185,7 +193,17 @@ def node_effects(
             f_c, e_c = clean.features[h], clean.errors[h]
             f_a, e_a = ablated[h]
             if method == "exact":
-                eff_f, eff_e = _exact_site(model, site, batch, metric_fn, clean, f_a, e_a, max_rows)
+                eff_f, eff_e = _exact_site(
+                    model,
+                    site,
+                    batch,
+                    metric_fn,
+                    clean,
+                    f_a,
+                    e_a,
+                    max_rows,
+                    None if wanted is None else wanted[h],
+                )
             else:
                 g_f, g_e = clean.grad_features[h], clean.grad_errors[h]
                 if method == "ig" and steps > 1:
@@ -197,9 +215,14 @@ def node_effects(
             totals_f[h] = totals_f[h] + _aggregate(eff_f, batch.mask, templatic)
             totals_e[h] = totals_e[h] + _aggregate(eff_e, batch.mask, templatic)
     n = len(dataset)
+    features = {h: t / n for h, t in totals_f.items()}
+    errors = {h: t / n for h, t in totals_e.items()}
+    for h, (want_f, want_e) in (wanted or {}).items():
+        features[h][~(want_f if templatic else want_f.any(0))] = float("nan")
+        errors[h][~(want_e if templatic else want_e.any(0))] = float("nan")
     return NodeEffects(
-        features={h: t / n for h, t in totals_f.items()},
-        errors={h: t / n for h, t in totals_e.items()},
+        features=features,
+        errors=errors,
         method=method,
         ablation=ablation,
         aggregation=aggregation,
@@ -208,6 +231,49 @@ def node_effects(
         metric_clean=metric_sum / n,
         sites=sites,
     )
+
+
+def parse_node_id(node: str) -> tuple[str, int | None, int | None]:
+    """``(hook_name, feature or None for the error, position or None)`` of a node id."""
+    m = _NODE_ID.match(node)
+    if not m:
+        raise ValueError(
+            f"node id {node!r} is not of the form 'hook/f<feature>@<pos>' or 'hook/err@<pos>'"
+        )
+    feature = None if m["kind"] == "err" else int(m["kind"][1:])
+    return m["hook"], feature, None if m["pos"] is None else int(m["pos"])
+
+
+_NODE_ID = re.compile(r"^(?P<hook>[^/]+)/(?P<kind>err|f\d+)(?:@(?P<pos>\d+))?$")
+
+
+def _wanted_nodes(nodes, sites: list[Site], n_pos: int, templatic: bool):
+    """Per site, boolean masks ``[pos, d_sae]`` and ``[pos]`` of the requested node ids."""
+    by_hook = {s.hook_name: s for s in sites}
+    wanted = {
+        h: (torch.zeros(n_pos, s.d_sae, dtype=torch.bool), torch.zeros(n_pos, dtype=torch.bool))
+        for h, s in by_hook.items()
+    }
+    for node in nodes:
+        hook, feature, pos = parse_node_id(node)
+        if hook not in by_hook:
+            raise ValueError(f"node {node!r}: {hook!r} is not one of the sites {list(by_hook)}")
+        if (pos is None) == templatic:
+            need = "needs a position '@<pos>'" if templatic else "takes no position"
+            raise ValueError(
+                f"node {node!r}: under {('sum', 'templatic')[templatic]} "
+                f"aggregation a node id {need}"
+            )
+        if feature is not None and feature >= by_hook[hook].d_sae:
+            raise ValueError(f"node {node!r}: feature {feature} >= d_sae {by_hook[hook].d_sae}")
+        if pos is not None and pos >= n_pos:
+            raise ValueError(f"node {node!r}: position {pos} >= sequence length {n_pos}")
+        positions = slice(None) if pos is None else pos
+        if feature is None:
+            wanted[hook][1][positions] = True
+        else:
+            wanted[hook][0][positions, feature] = True
+    return wanted
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -374,16 +440,22 @@ def _exact_site(
     f_a: Tensor,
     e_a: Tensor,
     max_rows: int,
+    wanted: tuple[Tensor, Tensor] | None = None,
 ):
-    """Exact per-example effects of every node of ``site`` (eq. 2), many nodes per forward."""
+    """Exact per-example effects of every node of ``site`` (eq. 2), many nodes per forward;
+    only the ``wanted`` ones (masks ``[pos, d_sae]``, ``[pos]``) if given."""
     h = site.hook_name
     f_c, e_c = clean.features[h], clean.errors[h]
     b, n_pos, _ = f_c.shape
     eff_f = torch.zeros_like(f_c)
     eff_e = torch.zeros(b, n_pos, dtype=f_c.dtype, device=f_c.device)
     changed = (f_c != f_a) & batch.mask[..., None]
-    nodes = [(p, i) for p, i in changed.any(0).nonzero().tolist()]
-    nodes += [(p, None) for p in range(n_pos) if batch.mask[:, p].any()]
+    want_f, want_e = (None, None) if wanted is None else (w.to(f_c.device) for w in wanted)
+    todo = changed.any(0) if want_f is None else changed.any(0) & want_f
+    nodes = [(p, i) for p, i in todo.nonzero().tolist()]
+    nodes += [
+        (p, None) for p in range(n_pos) if batch.mask[:, p].any() and (want_e is None or want_e[p])
+    ]
     per_pass = max(1, max_rows // b)
     for start in range(0, len(nodes), per_pass):
         chunk = nodes[start : start + per_pass]
