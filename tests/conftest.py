@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens import HookedSAETransformer, SAE
+from sae_lens import SAE, HookedSAETransformer
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
@@ -16,7 +16,9 @@ from transformer_lens import HookedTransformerConfig
 
 FAMILIES = {
     # GPT-2 style: LayerNorm, learned absolute positions, sequential attention -> MLP.
-    "sequential": dict(normalization_type="LN", act_fn="gelu", positional_embedding_type="standard"),
+    "sequential": dict(
+        normalization_type="LN", act_fn="gelu", positional_embedding_type="standard"
+    ),
     # Pythia / GPT-NeoX style: attention and MLP read the same residual; rotary.
     "parallel": dict(
         normalization_type="LN",
@@ -47,7 +49,9 @@ def tokenizer():
     return load_tokenizer("smollm2-135m")
 
 
-def make_tiny_model(family: str, tokenizer, seed: int = 0, n_layers: int = 3) -> HookedSAETransformer:
+def make_tiny_model(
+    family: str, tokenizer, seed: int = 0, n_layers: int = 3
+) -> HookedSAETransformer:
     """A randomly initialised float32 TL model of the given family (d_model 32, 4 heads)."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
@@ -71,7 +75,7 @@ def make_tiny_model(family: str, tokenizer, seed: int = 0, n_layers: int = 3) ->
 def make_random_sae(
     hook_name: str, d_in: int, d_sae: int = 24, seed: int = 0, arch: str = "standard"
 ) -> SAE:
-    """A random SAE whose features are sparse-ish (about a third active) and whose error is large."""
+    """A random SAE: features sparse-ish (about a third active), a large error."""
     g = torch.Generator().manual_seed(seed)
     meta = SAEMetadata(hook_name=hook_name, model_name="tiny")
     if arch == "topk":

@@ -110,7 +110,10 @@ def test_unequal_clean_patch_length_is_an_error_only_when_templatic(model, saes)
 
 
 def test_rows_of_different_lengths_are_an_error_only_when_templatic(model):
-    rows = [{"prefix": "The cat", "answer": " is"}, {"prefix": "The big black cat", "answer": " is"}]
+    rows = [
+        {"prefix": "The cat", "answer": " is"},
+        {"prefix": "The big black cat", "answer": " is"},
+    ]
     ds = read_dataset(rows)
     with pytest.raises(ValueError, match="row 1: clean_prefix is 4 tokens but row 0's is 2"):
         tokenize(model, ds, same_length=True, need_patch=False)
@@ -147,7 +150,9 @@ def test_bad_arguments_name_themselves(model, saes):
 
 def test_metric_must_return_one_value_per_example(model, saes):
     with pytest.raises(ValueError, match="one value per example"):
-        node_effects(model, saes, PAIRS, method="atp", metric=lambda logits: logits[:, -1, 0].mean())
+        node_effects(
+            model, saes, PAIRS, method="atp", metric=lambda logits: logits[:, -1, 0].mean()
+        )
 
 
 def test_sae_width_mismatch_names_the_site(model):
