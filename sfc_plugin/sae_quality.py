@@ -1,0 +1,213 @@
+"""How good is a dictionary? Reconstruction and sparsity of SAEs on held-out text.
+
+For each SAE, over the real tokens of held-out texts (BOS positions excluded: the BOS
+activation is an attention-sink outlier that SAEs are not trained on, and it is kept as is
+when an SAE is spliced in):
+
+* ``variance_explained``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``;
+* ``ce_recovered``: ``(L_zero - L_sae) / (L_zero - L_clean)``, where ``L`` is the model's
+  next-token loss with the site's activation left alone (clean), replaced by the SAE's
+  reconstruction (this SAE alone), or zeroed;
+* ``l0``: mean number of active features per token;
+* ``dead_fraction``: share of features that never fire on the sample.
+
+    python -m sfc_plugin.sae_quality --saes smollm2-135m-sfc --out docs/sae_quality.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+from sae_lens import SAE
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sfc_plugin.sites import decode, encode, make_sites
+
+SAMPLE = Path(__file__).parent / "resources" / "corpus_sample.jsonl"
+
+
+def read_texts(path: str | Path = SAMPLE, limit: int | None = None) -> list[str]:
+    """Texts of a ``{"text": ...}`` JSONL file (default: the bundled held-out sample)."""
+    texts = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                texts.append(json.loads(line)["text"])
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts
+
+
+def token_batches(
+    model, texts: Iterable[str], context: int = 128, batch_size: int = 16
+) -> Iterable[Tensor]:
+    """Texts tokenized with the model's defaults, cut into ``context``-token rows (each row
+    starts with the model's BOS if it prepends one), batched."""
+    rows = []
+    for text in texts:
+        tokens = model.to_tokens(text, truncate=False)[0]
+        bos = tokens[:1] if model.cfg.default_prepend_bos else tokens[:0]
+        body = tokens[len(bos) :]
+        step = context - len(bos)
+        for start in range(0, len(body) - step + 1, step):
+            rows.append(torch.cat([bos, body[start : start + step]]))
+            if len(rows) == batch_size:
+                yield torch.stack(rows)
+                rows = []
+    if rows:
+        yield torch.stack(rows)
+
+
+@torch.no_grad()
+def sae_quality(
+    model,
+    saes: Mapping[str, SAE],
+    texts: Iterable[str],
+    *,
+    context: int = 128,
+    batch_size: int = 16,
+    max_tokens: int = 100_000,
+    ce_tokens: int = 16_384,
+) -> pd.DataFrame:
+    """One row per SAE: hook_name, d_sae, variance_explained, ce_recovered (and the three
+    losses), l0, dead_fraction, tokens, ce_tokens.
+
+    Reconstruction and sparsity use up to ``max_tokens`` tokens (one forward per batch); the
+    CE losses, which need two more forwards per SAE, use the first ``ce_tokens``.
+    """
+    sites = make_sites(model, saes)
+    first = 1 if model.cfg.default_prepend_bos else 0
+    stats = {
+        s.hook_name: dict(sse=0.0, sum_x=0.0, sum_x2=0.0, l0=0.0, fired=None, loss_sae=0.0)
+        for s in sites
+    }
+    loss_clean = 0.0
+    loss_zero = {s.hook_name: 0.0 for s in sites}
+    n_tokens = n_pred = 0
+    for tokens in tqdm(token_batches(model, texts, context, batch_size), desc="SAE quality"):
+        tokens = tokens.to(model.cfg.device)
+        starts = [f"blocks.{s.layer}.hook_resid_pre" for s in sites if s.layer is not None]
+        logits, cache = model.run_with_cache(tokens, names_filter=list(stats) + starts)
+        with_ce = n_pred < ce_tokens
+        if with_ce:
+            loss_clean += float(_loss_sum(logits, tokens, first))
+            n_pred += tokens.shape[0] * (tokens.shape[1] - 1 - first)
+        for site in sites:
+            st = stats[site.hook_name]
+            x = cache[site.hook_name]
+            f, err = encode(site, x)
+            x_flat = x.reshape(*x.shape[:2], -1)[:, first:]
+            st["sse"] += float(err[:, first:].pow(2).sum())
+            st["sum_x"] = st["sum_x"] + x_flat.sum((0, 1))
+            st["sum_x2"] += float(x_flat.pow(2).sum())
+            active = f[:, first:] > 0
+            st["l0"] += float(active.sum())
+            fired = active.any(0).any(0)
+            st["fired"] = fired if st["fired"] is None else st["fired"] | fired
+            if with_ce:
+                recon = decode(site, f).reshape(x.shape)
+                for value, into in ((recon, st), (torch.zeros_like(x), None)):
+                    loss = float(
+                        _loss_sum(
+                            _run_replaced(model, cache, tokens, site, value, first), tokens, first
+                        )
+                    )
+                    if into is None:
+                        loss_zero[site.hook_name] += loss
+                    else:
+                        into["loss_sae"] += loss
+        n_tokens += tokens.shape[0] * (tokens.shape[1] - first)
+        if n_tokens >= max_tokens:
+            break
+    rows = []
+    for site in sites:
+        st = stats[site.hook_name]
+        total_var = st["sum_x2"] - float(st["sum_x"].pow(2).sum()) / n_tokens
+        l_clean, l_sae, l_zero = (
+            loss_clean / n_pred,
+            st["loss_sae"] / n_pred,
+            (loss_zero[site.hook_name] / n_pred),
+        )
+        rows.append(
+            dict(
+                hook_name=site.hook_name,
+                d_sae=site.d_sae,
+                variance_explained=1 - st["sse"] / total_var,
+                ce_recovered=(l_zero - l_sae) / (l_zero - l_clean),
+                ce_clean=l_clean,
+                ce_sae=l_sae,
+                ce_zero=l_zero,
+                l0=st["l0"] / n_tokens,
+                dead_fraction=1 - float(st["fired"].float().mean()),
+                tokens=n_tokens,
+                ce_tokens=n_pred,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def _run_replaced(model, cache, tokens: Tensor, site, value: Tensor, first: int) -> Tensor:
+    """Logits with the site's activation replaced by ``value`` (BOS position kept), run from
+    the site's block on the cached residual stream when the site is in a block."""
+
+    def hook(x: Tensor, hook) -> Tensor:
+        x = x.clone()
+        x[:, first:] = value[:, first:]
+        return x
+
+    with model.hooks(fwd_hooks=[(site.hook_name, hook)]):
+        if site.layer is None:
+            return model(tokens)
+        resid = cache[f"blocks.{site.layer}.hook_resid_pre"]
+        return model(resid, start_at_layer=site.layer)
+
+
+def _loss_sum(logits: Tensor, tokens: Tensor, first: int) -> Tensor:
+    """Summed next-token loss over predictions made from non-BOS positions."""
+    logp = logits[:, first:-1].log_softmax(-1)
+    return -logp.gather(-1, tokens[:, first + 1 :, None]).sum()
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table (floats to 3 decimals) without the optional ``tabulate`` dependency."""
+
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sfc_plugin.dictionaries import load_saes
+    from sfc_plugin.models import load_model
+
+    ap = argparse.ArgumentParser(description="Quality of SAEs on held-out text.")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--saes", required=True, help="release name or directory (see load_saes)")
+    ap.add_argument("--text", default=str(SAMPLE), help="JSONL of {'text': ...} (held out)")
+    ap.add_argument("--max-tokens", type=int, default=100_000)
+    ap.add_argument("--ce-tokens", type=int, default=16_384)
+    ap.add_argument("--out", help="write the table as Markdown here (and CSV beside it)")
+    args = ap.parse_args(argv)
+    model = load_model(args.model)
+    saes = load_saes(args.saes, device=model.cfg.device)
+    table = sae_quality(
+        model, saes, read_texts(args.text), max_tokens=args.max_tokens, ce_tokens=args.ce_tokens
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        out = Path(args.out)
+        table.to_csv(out.with_suffix(".csv"), index=False)
+        out.write_text(markdown_table(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
