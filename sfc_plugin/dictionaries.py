@@ -68,7 +68,12 @@ def registered_releases() -> dict[str, Path]:
     return dict(_BUNDLED_RELEASES)
 
 
-# --------------------------------------------------------------------------- ordering
+BUNDLED_DIR = Path(__file__).parent / "resources" / "saes"
+"""Releases shipped inside the package: one subdirectory per release name."""
+
+for _release in sorted(BUNDLED_DIR.iterdir()) if BUNDLED_DIR.is_dir() else []:
+    if _release.is_dir():
+        register_release(_release.name, _release)
 
 
 # --------------------------------------------------------------------------- helpers
