@@ -28,7 +28,7 @@ averages over examples.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sfc_plugin.data import Batch, Dataset, read_dataset, tokenize
+from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, tokenize
 from sfc_plugin.metrics import Metric, resolve_metric
 from sfc_plugin.sites import Site, attach_saes, compose, make_sites
 
@@ -148,6 +148,144 @@ def node_effects(
     Returns:
         NodeEffects with sign ``m(clean | do(node = ablated)) - m(clean)``.
     """
+    run = prepare_run(
+        model,
+        saes,
+        data,
+        method=method,
+        steps=steps,
+        metric=metric,
+        ablation=ablation,
+        aggregation=aggregation,
+        batch_size=batch_size,
+        max_batch_rows=max_batch_rows,
+    )
+    if nodes is not None and method != "exact":
+        raise ValueError("nodes= selects nodes for method='exact' only; AtP and IG get all nodes")
+    templatic = run.templatic
+    wanted = None if nodes is None else _wanted_nodes(nodes, run.sites, run.tokens.n_pos, templatic)
+    totals_f = {s.hook_name: 0.0 for s in run.sites}
+    totals_e = {s.hook_name: 0.0 for s in run.sites}
+    metric_sum = 0.0
+    for batch in run.batches(progress, f"node effects ({method})"):
+        if method == "exact":
+            clean = _clean_pass(model, run.sites, batch, run.metric, grad=False)
+            ablated = _ablated_values(model, run.sites, batch, ablation, run.means, clean)
+            effects = {
+                s.hook_name: _exact_site(
+                    model,
+                    s,
+                    batch,
+                    run.metric,
+                    clean,
+                    *ablated[s.hook_name],
+                    run.max_rows,
+                    None if wanted is None else wanted[s.hook_name],
+                )
+                for s in run.sites
+            }
+        else:
+            clean, terms = run.gradient_terms(model, batch)
+            effects = {h: t.effects() for h, t in terms.items()}
+        metric_sum += float(clean.metric.sum())
+        for h, (eff_f, eff_e) in effects.items():
+            totals_f[h] = totals_f[h] + _aggregate(eff_f, batch.mask, templatic)
+            totals_e[h] = totals_e[h] + _aggregate(eff_e, batch.mask, templatic)
+    n = len(run.dataset)
+    features = {h: t / n for h, t in totals_f.items()}
+    errors = {h: t / n for h, t in totals_e.items()}
+    for h, (want_f, want_e) in (wanted or {}).items():
+        features[h][~(want_f if templatic else want_f.any(0))] = float("nan")
+        errors[h][~(want_e if templatic else want_e.any(0))] = float("nan")
+    return NodeEffects(
+        features=features,
+        errors=errors,
+        method=method,
+        ablation=ablation,
+        aggregation=aggregation,
+        steps=steps if method == "ig" else None,
+        n_examples=n,
+        metric_clean=metric_sum / n,
+        sites=run.sites,
+    )
+
+
+@dataclass
+class SiteTerms:
+    """Per-example gradient and ablation terms of one site, ``[batch, pos, ...]``.
+
+    ``grad_*`` is dm/d(node) at the clean point (AtP) or averaged over the IG path (IG);
+    ``delta_*`` is ablated minus clean value. Effects are their products (eq. 3, 4).
+    """
+
+    grad_f: Tensor
+    grad_e: Tensor
+    delta_f: Tensor
+    delta_e: Tensor
+
+    def effects(self) -> tuple[Tensor, Tensor]:
+        """Per-example effects: features ``[batch, pos, d_sae]``, errors ``[batch, pos]``."""
+        return self.grad_f * self.delta_f, (self.grad_e * self.delta_e).sum(-1)
+
+
+@dataclass
+class EffectsRun:
+    """Validated settings, tokenized data and ablation means shared by node and edge passes."""
+
+    sites: list[Site]
+    dataset: Dataset
+    tokens: TokenizedDataset
+    metric: Metric
+    method: Method
+    steps: int
+    ablation: Ablation
+    templatic: bool
+    batch_size: int
+    max_rows: int
+    means: dict[str, tuple[Tensor, Tensor]] | None
+
+    def batches(self, progress: bool, desc: str) -> Iterator[Batch]:
+        n = self.tokens.n_batches(self.batch_size)
+        return iter(
+            tqdm(
+                self.tokens.batches(self.batch_size),
+                total=n,
+                disable=not progress or n <= 1,
+                desc=desc,
+            )
+        )
+
+    def gradient_terms(self, model, batch: Batch) -> tuple[_CleanPass, dict[str, SiteTerms]]:
+        """The clean pass and every site's gradient and ablation terms for ``batch``."""
+        clean = _clean_pass(model, self.sites, batch, self.metric, grad=True)
+        ablated = _ablated_values(model, self.sites, batch, self.ablation, self.means, clean)
+        terms = {}
+        for site in self.sites:
+            h = site.hook_name
+            f_a, e_a = ablated[h]
+            g_f, g_e = clean.grad_features[h], clean.grad_errors[h]
+            if self.method == "ig" and self.steps > 1:
+                g_f, g_e = _ig_mean_grads(
+                    model, site, batch, self.metric, clean, f_a, e_a, self.steps, self.max_rows
+                )
+            terms[h] = SiteTerms(g_f, g_e, f_a - clean.features[h], e_a - clean.errors[h])
+        return clean, terms
+
+
+def prepare_run(
+    model,
+    saes,
+    data,
+    *,
+    method,
+    steps,
+    metric,
+    ablation,
+    aggregation,
+    batch_size,
+    max_batch_rows,
+) -> EffectsRun:
+    """Check every argument (errors name it) and tokenize the data once."""
     _check_choice("method", method, ("exact", "atp", "ig"))
     _check_choice("ablation", ablation, ("patch", "zero", "mean"))
     _check_choice("aggregation", aggregation, ("templatic", "sum"))
@@ -163,73 +301,23 @@ def node_effects(
         )
     templatic = aggregation == "templatic"
     tokens = tokenize(model, dataset, same_length=templatic, need_patch=ablation == "patch")
-    metric_fn = resolve_metric(metric, dataset.is_pairs)
-    if nodes is not None and method != "exact":
-        raise ValueError("nodes= selects nodes for method='exact' only; AtP and IG get all nodes")
-    wanted = None if nodes is None else _wanted_nodes(nodes, sites, tokens.n_pos, templatic)
-    max_rows = max_batch_rows or batch_size * steps
     means = (
         _mean_values(model, sites, tokens.batches(batch_size), templatic)
         if ablation == "mean"
         else None
     )
-
-    totals_f = {s.hook_name: 0.0 for s in sites}
-    totals_e = {s.hook_name: 0.0 for s in sites}
-    metric_sum = 0.0
-    batches = tokens.batches(batch_size)
-    n_batches = tokens.n_batches(batch_size)
-    for batch in tqdm(
-        batches,
-        total=n_batches,
-        disable=not progress or n_batches <= 1,
-        desc=f"node effects ({method})",
-    ):
-        clean = _clean_pass(model, sites, batch, metric_fn, grad=method != "exact")
-        ablated = _ablated_values(model, sites, batch, ablation, means, clean)
-        metric_sum += float(clean.metric.sum())
-        for site in sites:
-            h = site.hook_name
-            f_c, e_c = clean.features[h], clean.errors[h]
-            f_a, e_a = ablated[h]
-            if method == "exact":
-                eff_f, eff_e = _exact_site(
-                    model,
-                    site,
-                    batch,
-                    metric_fn,
-                    clean,
-                    f_a,
-                    e_a,
-                    max_rows,
-                    None if wanted is None else wanted[h],
-                )
-            else:
-                g_f, g_e = clean.grad_features[h], clean.grad_errors[h]
-                if method == "ig" and steps > 1:
-                    g_f, g_e = _ig_mean_grads(
-                        model, site, batch, metric_fn, clean, f_a, e_a, steps, max_rows
-                    )
-                eff_f = g_f * (f_a - f_c)
-                eff_e = (g_e * (e_a - e_c)).sum(-1)
-            totals_f[h] = totals_f[h] + _aggregate(eff_f, batch.mask, templatic)
-            totals_e[h] = totals_e[h] + _aggregate(eff_e, batch.mask, templatic)
-    n = len(dataset)
-    features = {h: t / n for h, t in totals_f.items()}
-    errors = {h: t / n for h, t in totals_e.items()}
-    for h, (want_f, want_e) in (wanted or {}).items():
-        features[h][~(want_f if templatic else want_f.any(0))] = float("nan")
-        errors[h][~(want_e if templatic else want_e.any(0))] = float("nan")
-    return NodeEffects(
-        features=features,
-        errors=errors,
-        method=method,
-        ablation=ablation,
-        aggregation=aggregation,
-        steps=steps if method == "ig" else None,
-        n_examples=n,
-        metric_clean=metric_sum / n,
+    return EffectsRun(
         sites=sites,
+        dataset=dataset,
+        tokens=tokens,
+        metric=resolve_metric(metric, dataset.is_pairs),
+        method=method,
+        steps=steps,
+        ablation=ablation,
+        templatic=templatic,
+        batch_size=batch_size,
+        max_rows=max_batch_rows or batch_size * steps,
+        means=means,
     )
 
 
