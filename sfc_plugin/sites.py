@@ -115,12 +115,14 @@ def _flat(x: Tensor) -> Tensor:
 
 
 def encode(
-    site: Site, x: Tensor
+    site: Site, x: Tensor, grad: bool = False
 ) -> tuple[Float[Tensor, "batch pos d_sae"], Float[Tensor, "batch pos d_in"]]:
-    """Features and error of activation ``x`` (no gradient), in ``x``'s dtype.
+    """Features and error of activation ``x``, in ``x``'s dtype.
 
     ``x`` has shape ``[batch, pos, ...]``; trailing dims (e.g. heads x d_head at ``hook_z``)
-    are flattened to ``d_in`` unless the SAE reshapes hook_z inputs itself.
+    are flattened to ``d_in`` unless the SAE reshapes hook_z inputs itself. With ``grad``
+    both are differentiable functions of ``x`` (the error through the encoder too), as a
+    downstream node is for edges; otherwise no gradient is recorded.
     """
     sae = site.sae
     if _flat(x).shape[-1] != site.d_in:
@@ -128,7 +130,7 @@ def encode(
             f"site {site.hook_name}: activation has {_flat(x).shape[-1]} dims per position but "
             f"the SAE's d_in is {site.d_in}"
         )
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         inp = x if getattr(sae, "hook_z_reshaping_mode", False) else _flat(x)
         f = sae.encode(inp.to(sae.dtype)).to(x.dtype)
         err = _flat(x) - decode(site, f)
