@@ -20,6 +20,9 @@ _EXPORTS = {
     "NodeEffects": "sfc_plugin.effects",
     "Dataset": "sfc_plugin.data",
     "read_dataset": "sfc_plugin.data",
+    "edge_effects": "sfc_plugin.edges",
+    "discover_circuit": "sfc_plugin.circuit",
+    "Circuit": "sfc_plugin.circuit",
 }
 
 _SUBMODULES = ("datasets",)
@@ -27,8 +30,10 @@ _SUBMODULES = ("datasets",)
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 if TYPE_CHECKING:
+    from sfc_plugin.circuit import Circuit, discover_circuit
     from sfc_plugin.data import Dataset, read_dataset
     from sfc_plugin.dictionaries import load_saes
+    from sfc_plugin.edges import edge_effects
     from sfc_plugin.effects import NodeEffects, node_effects
     from sfc_plugin.models import load_model, load_tokenizer
     from sfc_plugin.sites import Site, attach_saes

@@ -204,12 +204,12 @@ def batch_edges(
                 is_grads_batched=True,
                 retain_graph=True,
                 allow_unused=True,
-                materialize_grads=True,
             )
             for j, up in enumerate(ups):
-                values = _edge_values(
-                    grads[2 * j : 2 * j + 2], terms[up.hook_name], batch.mask, run.templatic
-                )
+                pair = grads[2 * j : 2 * j + 2]
+                if pair[0] is None:  # f and eps enter the site output together
+                    continue  # no path from this site that avoids the sites between
+                values = _edge_values(pair, terms[up.hook_name], batch.mask, run.templatic)
                 acc.add_rows(h, up.hook_name, rows, _select(*values, kept[up.hook_name]))
     # edges into the metric: direct effects of every kept node with later sites held fixed
     inputs = [t for s in sites for t in leaves[s.hook_name]]
