@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: demo test venv lint
+.PHONY: demo test venv lint browser
 
 venv: $(STAMP)
 
@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m sfc_plugin.demo
 
-test: $(STAMP)
+# Headless Chromium for the circuit-page test (Debian package; needs root, else the test skips
+# outside CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "chromium not installed: the browser test will be skipped"
+
+test: $(STAMP) browser
 	$(PY) -m ruff check sfc_plugin tests benchmarks
 	$(PY) -m pytest -q
 
