@@ -23,6 +23,10 @@ _EXPORTS = {
     "edge_effects": "sfc_plugin.edges",
     "discover_circuit": "sfc_plugin.circuit",
     "Circuit": "sfc_plugin.circuit",
+    "feature_dashboard": "sfc_plugin.dashboards",
+    "feature_index": "sfc_plugin.dashboards",
+    "FeatureIndex": "sfc_plugin.dashboards",
+    "Dashboard": "sfc_plugin.dashboards",
 }
 
 _SUBMODULES = ("datasets",)
@@ -31,6 +35,7 @@ __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 if TYPE_CHECKING:
     from sfc_plugin.circuit import Circuit, discover_circuit
+    from sfc_plugin.dashboards import Dashboard, FeatureIndex, feature_dashboard, feature_index
     from sfc_plugin.data import Dataset, read_dataset
     from sfc_plugin.dictionaries import load_saes
     from sfc_plugin.edges import edge_effects
