@@ -99,6 +99,36 @@ class Circuit:
             graph.add_edge(row.upstream, row.downstream, effect=row.effect)
         return graph
 
+    def _repr_html_(self) -> str:
+        """Jupyter display: the interactive picture (``sfc_plugin.render``)."""
+        return str(self.show())
+
+    def show(self, **options: Any) -> str:
+        """The interactive picture as HTML that Jupyter displays; ``options`` as in
+        ``render.render_html`` (``dashboards=``, ``tokens=``, ``max_nodes=``)."""
+        from sfc_plugin.render import CircuitHTML, render_html
+
+        return CircuitHTML(render_html(self, **options))
+
+    def save_html(self, path: str | Path, **options: Any) -> None:
+        """Write the interactive picture as a self-contained page (no network needed)."""
+        from sfc_plugin.render import save_html
+
+        save_html(self, path, **options)
+
+    def save_svg(self, path: str | Path, **options: Any) -> None:
+        """Write the picture as a standalone SVG (``tokens=``, ``max_nodes=``)."""
+        from sfc_plugin.render import save_svg
+
+        save_svg(self, path, **options)
+
+    def save_png(self, path: str | Path, **options: Any) -> None:
+        """Write the picture as a PNG via headless Chromium (``scale=``, ``tokens=``,
+        ``max_nodes=``)."""
+        from sfc_plugin.render import save_png
+
+        save_png(self, path, **options)
+
     def save(self, path: str | Path) -> None:
         """Write the circuit as JSON (schema in the module docstring)."""
         doc = {
