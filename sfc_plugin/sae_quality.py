@@ -79,7 +79,8 @@ def sae_quality(
     losses), l0, dead_fraction, tokens, ce_tokens.
 
     Reconstruction and sparsity use up to ``max_tokens`` tokens (one forward per batch); the
-    CE losses, which need two more forwards per SAE, use the first ``ce_tokens``.
+    CE losses, which need two more forwards per SAE, use the first ``ce_tokens`` (0: none,
+    the CE columns are NaN).
     """
     sites = make_sites(model, saes)
     first = 1 if model.cfg.default_prepend_bos else 0
@@ -129,10 +130,11 @@ def sae_quality(
     for site in sites:
         st = stats[site.hook_name]
         total_var = st["sum_x2"] - float(st["sum_x"].pow(2).sum()) / n_tokens
+        per = 1 / n_pred if n_pred else float("nan")  # ce_tokens=0: no CE losses
         l_clean, l_sae, l_zero = (
-            loss_clean / n_pred,
-            st["loss_sae"] / n_pred,
-            (loss_zero[site.hook_name] / n_pred),
+            loss_clean * per,
+            st["loss_sae"] * per,
+            loss_zero[site.hook_name] * per,
         )
         rows.append(
             dict(
