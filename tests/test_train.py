@@ -1,0 +1,210 @@
+"""Tests of the SAE training command (``sfc_plugin.train``).
+
+The end-to-end tests train three tiny SAEs (layer 1 of the embedded SmolLM2, d_sae 32) on a
+few thousand tokens of a generated corpus, interrupt and crash the run, resume it, and check
+the saved SAEs. Every run writes into ``tmp_path`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from sae_lens import SAE
+from sae_lens.training._interruption import InterruptedException
+from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import load_file
+
+from sfc_plugin import train as T
+
+WORDS = (
+    "the a one some every small large old new red green quiet loud river city house garden "
+    "teacher doctor child friend dog cat bird tree road window letter song story market "
+    "walks sees finds brings opens closes writes reads sings builds carries follows likes "
+    "near under over behind before after with without quickly slowly often never today "
+    "and but because while when where which that this those there here very too"
+).split()
+
+HOOKS = ["blocks.1.hook_attn_out", "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+BATCH = 128
+TOKENS = 3072  # 24 steps
+
+
+def _write_docs(path: Path, n: int, rng: random.Random) -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            sentences = [
+                " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))).capitalize() + "."
+                for _ in range(rng.randint(3, 8))
+            ]
+            f.write(json.dumps({"text": " ".join(sentences), "source": f"gen{i % 3}"}) + "\n")
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A generated corpus of about 20k tokens (train) plus a held-out split and a manifest."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    rng = random.Random(0)
+    _write_docs(d / "train.jsonl", 300, rng)
+    _write_docs(d / "heldout.jsonl", 30, rng)
+    (d / "manifest.json").write_text(json.dumps({"name": "generated", "docs": 300}))
+    return d
+
+
+def _args(
+    corpus: Path,
+    out: Path,
+    *extra: str,
+    tokens: int = TOKENS,
+    hooks: str = "attn_out,mlp_out,resid_post",
+):
+    return T.parse_args(
+        [
+            *("--corpus", str(corpus), "--out", str(out), "--layers", "1", "--hooks", hooks),
+            *("--d-sae", "32", "--k", "4", "--tokens", str(tokens)),
+            *("--context-size", "16", "--batch-size", str(BATCH), "--lm-batch-size", "8"),
+            *("--buffer-tokens", "256", "--checkpoint-every", "512"),
+            *extra,
+        ]
+    )
+
+
+def _stop_at(monkeypatch, n_samples: int, action) -> None:
+    """Call ``action()`` once, right after the first SAE's step that reaches ``n_samples``."""
+    original = SAETrainer.step
+    fired = []
+
+    def step(self, batch):
+        out = original(self, batch)
+        if self.n_training_samples == n_samples and not fired:
+            fired.append(True)
+            action()
+        return out
+
+    monkeypatch.setattr(SAETrainer, "step", step)
+
+
+def _checkpoint_names(out: Path) -> list[str]:
+    return sorted((p.name for p in (out / T.CHECKPOINTS_DIR).iterdir()), key=int)
+
+
+def _crash() -> None:
+    raise RuntimeError("simulated crash")
+
+
+# ------------------------------------------------------------------------------- no model
+
+
+def test_parse_args_defaults_and_hooks():
+    args = T.parse_args(["--corpus", "c", "--out", "o"])
+    assert args.layers == list(range(2, 30, 3))
+    assert (args.d_sae, args.k, args.architecture, args.exclude_bos) == (1152, 32, "topk", True)
+    hooks = T.hook_names(args.layers, args.hooks)
+    assert len(hooks) == 30 and hooks[:2] == ["blocks.2.hook_attn_out", "blocks.2.hook_mlp_out"]
+    for bad in (["--hooks", "attn_z"], ["--k", "64", "--d-sae", "32"], ["--buffer-tokens", "8"]):
+        with pytest.raises(SystemExit):
+            T.parse_args(["--corpus", "c", "--out", "o", *bad])
+
+
+def test_contexts_start_with_bos_and_separate_documents(tokenizer):
+    texts = ["The cat sat on the mat.", "Dogs bark at night and sleep all day long."]
+    doc0, doc1 = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
+    size = len(doc0) + 4
+    rows = T.tokenize_contexts(texts, tokenizer, context_size=size, bos_id=0, max_contexts=10)
+    assert rows.shape[1] == size and (rows[:, 0] == 0).all()
+    # BOS, the first document, BOS as separator, the start of the second document
+    assert rows[0].tolist() == [0, *doc0, 0, *doc1[:2]]
+    assert len(T.tokenize_contexts(texts * 50, tokenizer, 8, 0, max_contexts=3)) == 3
+
+
+# ----------------------------------------------------------------------------- real model
+
+
+@pytest.mark.real_model
+def test_train_interrupt_crash_resume(real_model, corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)
+
+    # 1. Ctrl-C after step 10: the run stops at the step boundary and checkpoints there.
+    _stop_at(monkeypatch, 10 * BATCH, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(InterruptedException):
+        T.train(_args(corpus, out), model=real_model)
+    assert signal.getsignal(signal.SIGINT) is handler_before
+    assert _checkpoint_names(out) == ["1024", "1280"]  # periodic 512 pruned, interrupt at 1280
+    assert T.latest_checkpoint(out / T.CHECKPOINTS_DIR).name == "1280"
+    state = torch.load(out / T.CHECKPOINTS_DIR / "1280" / HOOKS[0] / "trainer_state.pt")
+    assert state["n_training_samples"] == 1280 and state["n_training_steps"] == 10
+
+    # 2. Resuming must use the same arguments, and --resume is needed to reuse --out.
+    with pytest.raises(ValueError, match="differ"):
+        T.train(_args(corpus, out, "--resume", "--k", "5"), model=real_model)
+    with pytest.raises(FileExistsError):
+        T.train(_args(corpus, out), model=real_model)
+    tokenize = T.tokenize_contexts
+    monkeypatch.setattr(T, "tokenize_contexts", lambda *a: tokenize(*a)[1:])
+    with pytest.raises(ValueError, match="training contexts differ"):
+        T.train(_args(corpus, out, "--resume"), model=real_model)
+    monkeypatch.setattr(T, "tokenize_contexts", tokenize)
+
+    # 3. Resume, then crash (no checkpoint) after step 17: the periodic one at 2048 remains.
+    _stop_at(monkeypatch, 17 * BATCH, _crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train(_args(corpus, out, "--resume"), model=real_model)
+    assert _checkpoint_names(out) == ["1536", "2048"]
+    saved = torch.load(out / T.CHECKPOINTS_DIR / "2048" / HOOKS[2] / "trainer_state.pt")
+    assert saved["n_training_samples"] == 2048
+
+    # 4. Resume to the end.
+    monkeypatch.undo()
+    config = T.train(_args(corpus, out, "--resume"), model=real_model)
+    assert config["training_tokens"] == TOKENS and config["training_steps"] == TOKENS // BATCH
+    assert config["resumed_from"].endswith("2048")
+    assert config["session"]["tokens_trained"] == TOKENS - 2048
+    assert config["corpus"]["manifest"] == {"name": "generated", "docs": 300}
+    assert config["hook_names"] == HOOKS and config["versions"]["sae-lens"]
+    assert json.loads((out / T.CONFIG_FILE).read_text())["args"]["k"] == 4
+    assert not (out / T.CHECKPOINTS_DIR).exists()
+
+    tokens = real_model.to_tokens("The old teacher walks slowly to the market.")
+    _, cache = real_model.run_with_cache(tokens, names_filter=HOOKS)
+    for hook in HOOKS:
+        sae = SAE.load_from_disk(out / T.SAES_DIR / hook)
+        assert type(sae).__name__ == "TopKSAE" and sae.cfg.d_sae == 32
+        assert sae.cfg.metadata.hook_name == hook and hook in real_model.hook_dict
+        assert sae.cfg.metadata.prepend_bos is True
+        torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(32))  # norms folded
+        acts = sae.encode(cache[hook][0])
+        assert ((acts > 0).sum(-1) <= 4).all() and (acts > 0).any()
+        assert config["saes"][hook]["l0_last_window"] == pytest.approx(4, abs=0.5)
+
+    # 5. A finished run is not trained again.
+    assert T.train(_args(corpus, out, "--resume"), model=real_model) == config
+
+
+@pytest.mark.real_model
+def test_same_seed_same_saes_and_evals(real_model, corpus, tmp_path):
+    weights = []
+    for name, seed, extra in (
+        ("a", "0", ("--eval-batches", "1", "--eval-batch-size", "2")),
+        ("b", "0", ()),
+        ("c", "1", ()),
+    ):
+        out = tmp_path / name
+        args = _args(corpus, out, "--seed", seed, *extra, tokens=1024, hooks="resid_post")
+        config = T.train(args, model=real_model)
+        weights.append(load_file(out / T.SAES_DIR / HOOKS[2] / "sae_weights.safetensors"))
+        if extra:  # SAELens' evals on held-out contexts, recorded per SAE
+            heldout = config["saes"][HOOKS[2]]["heldout"]
+            assert heldout["l0"] == pytest.approx(4, abs=0.5)
+            assert {"explained_variance", "ce_loss_score", "dead_fraction_heldout"} <= set(heldout)
+            saved = json.loads((out / T.CONFIG_FILE).read_text())
+            assert saved["saes"][HOOKS[2]]["heldout"] == heldout
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+    assert not torch.equal(weights[0]["W_enc"], weights[2]["W_enc"])
