@@ -1,0 +1,62 @@
+"""The SAEs bundled for the embedded model: loadable by name offline, transparent when
+attached, and as good as the recorded quality table says (a corrupted or swapped file fails)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from sfc_plugin.dictionaries import BUNDLED_DIR, load_saes
+from sfc_plugin.sae_quality import read_texts, sae_quality
+from sfc_plugin.sites import attach_saes
+
+pytestmark = pytest.mark.real_model
+
+RELEASE = "smollm2-135m-sfc"
+TABLE = Path(__file__).parent.parent / "docs" / "sae_quality.csv"
+
+
+@pytest.fixture(scope="module")
+def saes(real_model):
+    return load_saes(RELEASE, device=real_model.cfg.device)
+
+
+def test_every_bundled_sae_loads_by_name_offline(saes, real_model):
+    ids = sorted(p.name for p in (BUNDLED_DIR / RELEASE).iterdir())
+    assert sorted(saes) == ids and len(ids) >= 30
+    for hook, sae in saes.items():
+        assert hook in real_model.hook_dict
+        assert sae.W_dec.dtype == torch.float32  # stored in bf16, loaded in float32
+        assert sae.cfg.metadata.release == RELEASE and sae.cfg.metadata.sae_id == hook
+    some = load_saes(RELEASE, sae_ids=ids[:2])
+    assert list(some) == ids[:2]
+
+
+def test_attaching_all_bundled_saes_leaves_logits_unchanged(saes, real_model):
+    tokens = real_model.to_tokens(["The keys to the cabinet are on the table."])
+    with torch.no_grad():
+        plain = real_model(tokens)
+        with attach_saes(real_model, saes, grad=False):
+            spliced = real_model(tokens)
+    torch.testing.assert_close(spliced, plain, atol=1e-5, rtol=0)
+
+
+def test_variance_explained_matches_the_recorded_table(saes, real_model):
+    """On a fixed slice of the bundled held-out sample, each SAE's variance explained is at
+    least the recorded value (measured on 100k tokens) minus 0.1."""
+    recorded = pd.read_csv(TABLE).set_index("hook_name").variance_explained
+    got = (
+        sae_quality(real_model, saes, read_texts(limit=12), max_tokens=2048, ce_tokens=0)
+        .set_index("hook_name")
+        .variance_explained
+    )
+    assert set(got.index) == set(recorded.index)
+    low = {
+        h: (round(got[h], 3), round(recorded[h], 3))
+        for h in got.index
+        if got[h] < recorded[h] - 0.1
+    }
+    assert not low, f"variance explained below the recorded table: {low}"
