@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from conftest import make_saes, make_tiny_model
 
 from sfc_plugin.circuit import Circuit, discover_circuit
@@ -34,12 +33,7 @@ HOOKS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 import pandas as pd
 import pytest
-import torch
 from conftest import make_saes, make_tiny_model
 
 from sfc_plugin.circuit import EDGE_COLUMNS, NODE_COLUMNS, Circuit, discover_circuit
@@ -88,12 +87,7 @@ def data_of(page: str) -> dict:
     return json.loads(text[1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ SITE_HOOKS = [
 SENTENCES = ["The cat near the dogs", "The authors that the guard", "The boys near the car"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls are much faster (and immune to CPU contention) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tokens(model, sentences=SENTENCES):
