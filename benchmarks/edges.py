@@ -16,13 +16,13 @@ import argparse
 import time
 
 import torch
+from common import SITES, plain_forward_backward
 
 from sfc_plugin import load_model
 from sfc_plugin.datasets import agreement
 from sfc_plugin.demo import random_saes
 from sfc_plugin.edges import EdgeAccumulator, batch_edges, kept_nodes
-from sfc_plugin.effects import NodeEffects, _aggregate, prepare_run
-from sfc_plugin.metrics import logit_diff
+from sfc_plugin.effects import node_effects, prepare_run
 
 
 def main() -> None:
@@ -36,12 +36,7 @@ def main() -> None:
     model = load_model("smollm2-135m")
     model.requires_grad_(False)
     data = agreement("across_pp", model, n=args.pairs)
-    hooks = [
-        f"blocks.{layer}.hook_{kind}"
-        for layer in (5, 15, 25)
-        for kind in ("attn_out", "mlp_out", "resid_post")
-    ]
-    saes = random_saes(model, hooks, args.d_sae)
+    saes = random_saes(model, SITES, args.d_sae)
     run = prepare_run(
         model,
         saes,
@@ -58,22 +53,8 @@ def main() -> None:
     clean, terms = run.gradient_terms(model, batch)
 
     # the circuit: the nodes with the largest |AtP effect|
-    table = NodeEffects(
-        features={
-            s.hook_name: _aggregate(terms[s.hook_name].effects()[0], batch.mask, True)
-            for s in run.sites
-        },
-        errors={
-            s.hook_name: _aggregate(terms[s.hook_name].effects()[1], batch.mask, True)
-            for s in run.sites
-        },
-        method="atp",
-        ablation="patch",
-        aggregation="templatic",
-        steps=None,
-        n_examples=len(batch),
-        metric_clean=0.0,
-        sites=run.sites,
+    table = node_effects(
+        model, saes, data, method="atp", batch_size=len(data), progress=False
     ).to_frame()
     nodes = list(table.node[: args.nodes])
     kept = kept_nodes(run.sites, nodes)
@@ -86,16 +67,8 @@ def main() -> None:
         return time.perf_counter() - t, acc
 
     def plain() -> float:
-        embed = []
-
-        def grab(x, hook):
-            x = x.detach().requires_grad_()
-            embed.append(x)
-            return x
-
         t = time.perf_counter()
-        logits = model.run_with_hooks(batch.clean_tokens, fwd_hooks=[("hook_embed", grab)])
-        torch.autograd.grad(logit_diff(logits, batch).sum(), embed)
+        plain_forward_backward(model, batch)
         return time.perf_counter() - t
 
     plain()

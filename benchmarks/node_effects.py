@@ -19,12 +19,12 @@ import statistics
 import time
 
 import torch
+from common import SITES, plain_forward_backward
 
 from sfc_plugin import load_model, node_effects
 from sfc_plugin.data import read_dataset, tokenize
 from sfc_plugin.datasets import agreement
 from sfc_plugin.demo import random_saes
-from sfc_plugin.metrics import logit_diff
 
 
 def timed(fn, repeat: int) -> float:
@@ -46,38 +46,17 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_model("smollm2-135m")
     data = agreement("across_pp", model, n=args.pairs)
-    hooks = [
-        f"blocks.{layer}.hook_{kind}"
-        for layer in (5, 15, 25)
-        for kind in ("attn_out", "mlp_out", "resid_post")
-    ]
-    saes = random_saes(model, hooks, args.d_sae)
+    saes = random_saes(model, SITES, args.d_sae)
     batch = tokenize(model, read_dataset(data), same_length=True, need_patch=True).tokens
-
-    def plain_fwd_bwd(weights: bool = False) -> None:
-        """Forward, then backward to the embeddings (and to the weights if ``weights``)."""
-        model.requires_grad_(weights)
-        embed = []
-
-        def grab(x, hook):
-            x = x.detach().requires_grad_()
-            embed.append(x)
-            return x
-
-        logits = model.run_with_hooks(batch.clean_tokens, fwd_hooks=[("hook_embed", grab)])
-        loss = logit_diff(logits, batch).sum()
-        params = [p for p in model.parameters() if p.requires_grad]
-        torch.autograd.grad(loss, embed + params, allow_unused=True)
-        model.requires_grad_(True)
 
     def effects(method: str) -> None:
         node_effects(
             model, saes, data, method=method, steps=args.steps, batch_size=len(data), progress=False
         )
 
-    plain_fwd_bwd()  # warm-up
-    unit = timed(plain_fwd_bwd, args.repeat)
-    unit_weights = timed(lambda: plain_fwd_bwd(weights=True), args.repeat)
+    plain_forward_backward(model, batch)  # warm-up
+    unit = timed(lambda: plain_forward_backward(model, batch), args.repeat)
+    unit_weights = timed(lambda: plain_forward_backward(model, batch, weights=True), args.repeat)
     atp = timed(lambda: effects("atp"), args.repeat)
     ig = timed(lambda: effects("ig"), max(1, args.repeat - 2))
     n_sites = len(saes)

@@ -1,0 +1,34 @@
+"""What the benchmark scripts share: the site layout and the unit they divide by."""
+
+from __future__ import annotations
+
+import torch
+
+from sfc_plugin.data import Batch
+from sfc_plugin.metrics import logit_diff
+
+# attn_out, mlp_out and resid_post at layers 5, 15 and 25 of the embedded model
+SITES = [
+    f"blocks.{layer}.hook_{kind}"
+    for layer in (5, 15, 25)
+    for kind in ("attn_out", "mlp_out", "resid_post")
+]
+
+
+def plain_forward_backward(model, batch: Batch, weights: bool = False) -> None:
+    """The unit: a forward of the plain model (no SAEs) on the clean batch, then a backward
+    of the logit difference to the embeddings (and to the weights if ``weights``)."""
+    was = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(weights)
+    embed = []
+
+    def grab(x, hook):
+        x = x.detach().requires_grad_()
+        embed.append(x)
+        return x
+
+    logits = model.run_with_hooks(batch.clean_tokens, fwd_hooks=[("hook_embed", grab)])
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.autograd.grad(logit_diff(logits, batch).sum(), embed + params, allow_unused=True)
+    for p, r in zip(model.parameters(), was):
+        p.requires_grad_(r)
