@@ -57,7 +57,7 @@ def main() -> None:
         model, saes, data, method="atp", batch_size=len(data), progress=False
     ).to_frame()
     nodes = list(table.node[: args.nodes])
-    kept = kept_nodes(run.sites, nodes)
+    kept = kept_nodes(run.sites, nodes, run.tokens.n_pos, run.templatic)
 
     def edges(rows: int) -> tuple[float, EdgeAccumulator]:
         run.max_rows = rows

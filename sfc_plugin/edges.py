@@ -52,8 +52,8 @@ from sfc_plugin.effects import (
     EffectsRun,
     NodeEffects,
     SiteTerms,
+    check_node_id,
     node_id,
-    parse_node_id,
     prepare_run,
 )
 from sfc_plugin.sites import Site, compose, encode
@@ -75,13 +75,15 @@ class KeptNodes:
         return [node_id(self.site.hook_name, f, p) for p, f in self.nodes]
 
 
-def kept_nodes(sites: Sequence[Site], nodes: Sequence[str]) -> dict[str, KeptNodes]:
-    """Group node ids by site (every site gets an entry, maybe empty)."""
+def kept_nodes(
+    sites: Sequence[Site], nodes: Sequence[str], n_pos: int, templatic: bool
+) -> dict[str, KeptNodes]:
+    """Group node ids by site (every site gets an entry, maybe empty), each checked by
+    ``check_node_id``."""
     by_site = {s.hook_name: KeptNodes(s, []) for s in sites}
+    by_hook = {s.hook_name: s for s in sites}
     for node in nodes:
-        hook, feature, pos = parse_node_id(node)
-        if hook not in by_site:
-            raise ValueError(f"node {node!r}: {hook!r} is not one of the sites {list(by_site)}")
+        hook, feature, pos = check_node_id(node, by_hook, n_pos, templatic)
         by_site[hook].nodes.append((pos, feature))
     return by_site
 
@@ -260,7 +262,7 @@ def edge_effects(
         batch_size=batch_size,
         max_batch_rows=max_batch_rows,
     )
-    kept = kept_nodes(run.sites, nodes)
+    kept = kept_nodes(run.sites, nodes, run.tokens.n_pos, run.templatic)
     acc = EdgeAccumulator(kept)
     for batch in run.batches(progress, f"edges ({method})"):
         clean, terms = run.gradient_terms(model, batch)

@@ -335,6 +335,26 @@ def parse_node_id(node: str) -> tuple[str, int | None, int | None]:
 _NODE_ID = re.compile(r"^(?P<hook>[^/]+)/(?P<kind>err|f\d+)(?:@(?P<pos>\d+))?$")
 
 
+def check_node_id(
+    node: str, sites: Mapping[str, Site], n_pos: int, templatic: bool
+) -> tuple[str, int | None, int | None]:
+    """``parse_node_id`` plus checks against the sites and the data: a known site, a
+    position exactly when templatic and within the sequence, a feature below ``d_sae``."""
+    hook, feature, pos = parse_node_id(node)
+    if hook not in sites:
+        raise ValueError(f"node {node!r}: {hook!r} is not one of the sites {list(sites)}")
+    if (pos is None) == templatic:
+        need = "needs a position '@<pos>'" if templatic else "takes no position"
+        raise ValueError(
+            f"node {node!r}: under {('sum', 'templatic')[templatic]} aggregation a node id {need}"
+        )
+    if feature is not None and feature >= sites[hook].d_sae:
+        raise ValueError(f"node {node!r}: feature {feature} >= d_sae {sites[hook].d_sae}")
+    if pos is not None and pos >= n_pos:
+        raise ValueError(f"node {node!r}: position {pos} >= sequence length {n_pos}")
+    return hook, feature, pos
+
+
 def _wanted_nodes(nodes, sites: list[Site], n_pos: int, templatic: bool):
     """Per site, boolean masks ``[pos, d_sae]`` and ``[pos]`` of the requested node ids."""
     by_hook = {s.hook_name: s for s in sites}
@@ -343,19 +363,7 @@ def _wanted_nodes(nodes, sites: list[Site], n_pos: int, templatic: bool):
         for h, s in by_hook.items()
     }
     for node in nodes:
-        hook, feature, pos = parse_node_id(node)
-        if hook not in by_hook:
-            raise ValueError(f"node {node!r}: {hook!r} is not one of the sites {list(by_hook)}")
-        if (pos is None) == templatic:
-            need = "needs a position '@<pos>'" if templatic else "takes no position"
-            raise ValueError(
-                f"node {node!r}: under {('sum', 'templatic')[templatic]} "
-                f"aggregation a node id {need}"
-            )
-        if feature is not None and feature >= by_hook[hook].d_sae:
-            raise ValueError(f"node {node!r}: feature {feature} >= d_sae {by_hook[hook].d_sae}")
-        if pos is not None and pos >= n_pos:
-            raise ValueError(f"node {node!r}: position {pos} >= sequence length {n_pos}")
+        hook, feature, pos = check_node_id(node, by_hook, n_pos, templatic)
         positions = slice(None) if pos is None else pos
         if feature is None:
             wanted[hook][1][positions] = True

@@ -133,3 +133,13 @@ def test_bad_arguments(setup):
         discover_circuit(model, saes, PAIRS, max_nodes=0)
     with pytest.raises(ValueError, match="method"):
         discover_circuit(model, saes, PAIRS, method="exact")
+    bad = {
+        "blocks.1.hook_mlp_out/f3": "needs a position",
+        "blocks.1.hook_mlp_out/f99@1": "feature 99 >= d_sae 16",
+        "blocks.1.hook_mlp_out/err@9": "position 9 >= sequence length",
+        "blocks.7.hook_mlp_out/err@1": "not one of the sites",
+        "blocks.1.hook_mlp_out/x3@1": "not of the form",
+    }
+    for node, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            edge_effects(model, saes, PAIRS, [node], method="atp")
