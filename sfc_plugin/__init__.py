@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_model": "sfc_plugin.models",
     "load_tokenizer": "sfc_plugin.models",
     "load_saes": "sfc_plugin.dictionaries",
+    "neuron_saes": "sfc_plugin.dictionaries",
     "attach_saes": "sfc_plugin.sites",
     "Site": "sfc_plugin.sites",
     "node_effects": "sfc_plugin.effects",
@@ -23,6 +24,10 @@ _EXPORTS = {
     "edge_effects": "sfc_plugin.edges",
     "discover_circuit": "sfc_plugin.circuit",
     "Circuit": "sfc_plugin.circuit",
+    "faithfulness": "sfc_plugin.evaluation",
+    "completeness": "sfc_plugin.evaluation",
+    "circuit_scores": "sfc_plugin.evaluation",
+    "CircuitScores": "sfc_plugin.evaluation",
     "feature_dashboard": "sfc_plugin.dashboards",
     "feature_index": "sfc_plugin.dashboards",
     "FeatureIndex": "sfc_plugin.dashboards",
@@ -37,9 +42,10 @@ if TYPE_CHECKING:
     from sfc_plugin.circuit import Circuit, discover_circuit
     from sfc_plugin.dashboards import Dashboard, FeatureIndex, feature_dashboard, feature_index
     from sfc_plugin.data import Dataset, read_dataset
-    from sfc_plugin.dictionaries import load_saes
+    from sfc_plugin.dictionaries import load_saes, neuron_saes
     from sfc_plugin.edges import edge_effects
     from sfc_plugin.effects import NodeEffects, node_effects
+    from sfc_plugin.evaluation import CircuitScores, circuit_scores, completeness, faithfulness
     from sfc_plugin.models import load_model, load_tokenizer
     from sfc_plugin.sites import Site, attach_saes
 

@@ -1,0 +1,234 @@
+"""Faithfulness and completeness against a brute-force re-implementation on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_saes, make_tiny_model, standard_hooks
+
+from sfc_plugin.datasets import agreement
+from sfc_plugin.dictionaries import neuron_saes
+from sfc_plugin.effects import node_effects
+from sfc_plugin.evaluation import Evaluator, circuit_scores, completeness, faithfulness
+from sfc_plugin.sites import attach_saes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pairs(tokenizer):
+    return agreement("across_pp", tokenizer, n=10)
+
+
+def _setup(family, tokenizer):
+    model = make_tiny_model(family, tokenizer)
+    saes = make_saes(model, standard_hooks(model.cfg.n_layers), d_sae=16)
+    return model, saes
+
+
+def _all_nodes(saes, n_pos):
+    nodes = []
+    for h, sae in saes.items():
+        for p in range(n_pos):
+            nodes += [f"{h}/f{i}@{p}" for i in range(sae.cfg.d_sae)] + [f"{h}/err@{p}"]
+    return nodes
+
+
+def _tokens(model, pairs):
+    return model.to_tokens([p["clean_prefix"] for p in pairs])
+
+
+def _own_means(model, saes, tokens):
+    """Per-position means of every site's features and error, by a plain recording pass."""
+    values = {}
+
+    def rec(x, hook):
+        sae = saes[hook.name]
+        f = sae.encode(x)
+        values[hook.name] = (f.mean(0), (x - sae.decode(f)).mean(0))
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(h, rec) for h in saes]):
+        model(tokens)
+    return values
+
+
+def _brute_metric(model, saes, pairs, keep, means, sites=None):
+    """Mean logit difference with every node not in ``keep`` set to its mean, site by site."""
+    tokens = _tokens(model, pairs)
+    sites = list(saes) if sites is None else sites
+
+    def hook(x, hook):
+        sae = saes[hook.name]
+        f = sae.encode(x)
+        e = x - sae.decode(f)
+        mf, me = means[hook.name]
+        f2, e2 = f.clone(), e.clone()
+        for p in range(x.shape[1]):
+            for i in range(f.shape[-1]):
+                if f"{hook.name}/f{i}@{p}" not in keep:
+                    f2[:, p, i] = mf[p, i]
+            if f"{hook.name}/err@{p}" not in keep:
+                e2[:, p] = me[p]
+        return sae.decode(f2) + e2
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(h, hook) for h in sites]):
+        logits = model(tokens)[:, -1]
+    clean = torch.tensor([model.to_single_token(p["clean_answer"]) for p in pairs])
+    patch = torch.tensor([model.to_single_token(p["patch_answer"]) for p in pairs])
+    rows = torch.arange(len(pairs))
+    return float((logits[rows, patch] - logits[rows, clean]).mean())
+
+
+def test_full_model_is_one_and_empty_circuit_is_zero(family, tokenizer, pairs):
+    model, saes = _setup(family, tokenizer)
+    n_pos = _tokens(model, pairs).shape[1]
+    full = _all_nodes(saes, n_pos)
+    scores = circuit_scores(model, saes, full, pairs, progress=False)
+    # every site re-encodes and recomposes its input: equal to the model to float precision
+    assert scores.faithfulness == pytest.approx(1.0, abs=1e-4)
+    assert scores.completeness == pytest.approx(0.0, abs=1e-4)
+    empty = circuit_scores(model, saes, [], pairs, progress=False)
+    assert empty.faithfulness == 0.0
+    assert empty.completeness == pytest.approx(1.0, abs=1e-4)
+    assert abs(scores.m_model - scores.m_empty) > 1e-3  # the scores are not 0/0
+
+
+def test_metric_with_circuit_matches_brute_force(family, tokenizer, pairs):
+    model, saes = _setup(family, tokenizer)
+    effects = node_effects(model, saes, pairs, method="atp", progress=False)
+    table = effects.to_frame()
+    circuit = list(table.node[:25])
+    ev = Evaluator(model, saes, pairs, progress=False)
+    means = _own_means(model, saes, _tokens(model, pairs))
+    want = _brute_metric(model, saes, pairs, set(circuit), means)
+    assert ev.metric_with(circuit) == pytest.approx(want, abs=1e-4)
+    complement = set(_all_nodes(saes, ev.tokens.n_pos)) - set(circuit)
+    want_c = _brute_metric(model, saes, pairs, complement, means)
+    assert ev.metric_with(circuit, complement=True) == pytest.approx(want_c, abs=1e-4)
+    # and the public functions use exactly these
+    f = faithfulness(model, saes, circuit, pairs, progress=False)
+    c = completeness(model, saes, circuit, pairs, progress=False)
+    want_empty = _brute_metric(model, saes, pairs, set(), means)
+    want_model = float(ev.m_model)
+    assert f == pytest.approx((want - want_empty) / (want_model - want_empty), abs=1e-4)
+    assert c == pytest.approx((want_c - want_empty) / (want_model - want_empty), abs=1e-4)
+
+
+def test_mean_ablation_values_are_per_position_means(tokenizer, pairs):
+    model, saes = _setup("sequential", tokenizer)
+    ev = Evaluator(model, saes, pairs, progress=False)
+    means = _own_means(model, saes, _tokens(model, pairs))
+    for h, (mf, me) in means.items():
+        torch.testing.assert_close(ev.ablated[h][0][0], mf, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ev.ablated[h][1][0], me, atol=1e-6, rtol=0)
+
+
+def test_error_policies_and_start_layer(tokenizer, pairs):
+    model, saes = _setup("llama", tokenizer)
+    ev_pos = Evaluator(model, saes, pairs, progress=False)
+    n_pos = ev_pos.tokens.n_pos
+    means = _own_means(model, saes, _tokens(model, pairs))
+    full = _all_nodes(saes, n_pos)
+    features_only = [n for n in full if "/err" not in n]
+    resid_errors = [n for n in full if "/err" in n and "resid_post" in n]
+
+    removed = Evaluator(model, saes, pairs, errors="remove", progress=False)
+    want = _brute_metric(model, saes, pairs, set(features_only), means)
+    assert removed.metric_with(full) == pytest.approx(want, abs=1e-4)
+
+    attn_mlp = Evaluator(model, saes, pairs, errors="remove_attn_mlp", progress=False)
+    want = _brute_metric(model, saes, pairs, set(features_only + resid_errors), means)
+    assert attn_mlp.metric_with(full) == pytest.approx(want, abs=1e-4)
+
+    # sites below start_layer are untouched: keeping every node from layer 1 on then gives the
+    # model's metric, while from layer 0 on the layer-0 nodes are ablated
+    late = Evaluator(model, saes, pairs, start_layer=1, progress=False)
+    late_sites = [h for h in saes if not h.startswith("blocks.0.")]
+    late_nodes = [n for n in full if not n.startswith("blocks.0.")]
+    want = _brute_metric(model, saes, pairs, set(late_nodes), means, sites=late_sites)
+    assert late.metric_with(late_nodes) == pytest.approx(want, abs=1e-4)
+    assert want == pytest.approx(late.m_model, abs=1e-4)
+    assert ev_pos.metric_with(late_nodes) != pytest.approx(want, abs=1e-3)
+
+
+def test_sum_aggregation_circuits_ablate_every_position(tokenizer):
+    model, saes = _setup("parallel", tokenizer)
+    rows = [
+        {"prefix": "The cat sat on the", "answer": " mat"},
+        {"prefix": "A dog", "answer": " ran"},
+        {"prefix": "Once upon a", "answer": " time"},
+    ]
+    h = "blocks.1.hook_mlp_out"
+    ev = Evaluator(model, saes, rows, aggregation="sum", ablation="zero", progress=False)
+    # keep every node except feature 3 of one site (at all positions) -> zero that feature
+    full = [f"{s}/f{i}" for s, sae in saes.items() for i in range(sae.cfg.d_sae)]
+    full += [f"{s}/err" for s in saes]
+    circuit = [n for n in full if n != f"{h}/f3"]
+
+    def zero_feature(x, hook):
+        sae = saes[h]
+        f = sae.encode(x)
+        e = x - sae.decode(f)
+        f[..., 3] = 0
+        return sae.decode(f) + e
+
+    total = 0.0
+    for row in rows:
+        tokens = model.to_tokens(row["prefix"])
+        with torch.no_grad(), model.hooks(fwd_hooks=[(h, zero_feature)]):
+            logp = model(tokens)[0, -1].log_softmax(-1)
+        total += float(logp[model.to_single_token(row["answer"])])
+    assert ev.metric_with(circuit) == pytest.approx(total / len(rows), abs=1e-4)
+
+
+def test_bad_node_ids_are_named(tokenizer, pairs):
+    model, saes = _setup("sequential", tokenizer)
+    with pytest.raises(ValueError, match="blocks.7.hook_mlp_out"):
+        faithfulness(model, saes, ["blocks.7.hook_mlp_out/f1@0"], pairs, progress=False)
+    with pytest.raises(ValueError, match="errors must be one of"):
+        faithfulness(model, saes, [], pairs, errors="drop", progress=False)
+    with pytest.raises(TypeError, match="list of node ids"):
+        faithfulness(model, saes, "blocks.0.hook_mlp_out/f1@0", pairs, progress=False)
+
+
+def test_neuron_dictionaries_have_no_error_and_leave_logits_unchanged(family, tokenizer, pairs):
+    model = make_tiny_model(family, tokenizer)
+    hooks = standard_hooks(model.cfg.n_layers) + ["blocks.1.attn.hook_z"]
+    neurons = neuron_saes(model, hooks)
+    tokens = _tokens(model, pairs)
+    with torch.no_grad():
+        plain = model(tokens)
+        with attach_saes(model, neurons, grad=False) as acts:
+            spliced = model(tokens)
+    assert torch.equal(plain, spliced)
+    for h in hooks:
+        assert torch.count_nonzero(acts.errors[h]) == 0
+        assert acts.features[h].shape[-1] == neurons[h].cfg.d_sae == model.cfg.d_model
+
+
+def test_neuron_node_effects_equal_patching_one_coordinate(tokenizer, pairs):
+    model = make_tiny_model("sequential", tokenizer)
+    h = "blocks.1.hook_mlp_out"
+    neurons = neuron_saes(model, [h])
+    exact = node_effects(model, neurons, pairs[:4], method="exact", progress=False)
+    clean = _tokens(model, pairs[:4])
+    patch = model.to_tokens([p["patch_prefix"] for p in pairs[:4]])
+    ans_c = torch.tensor([model.to_single_token(p["clean_answer"]) for p in pairs[:4]])
+    ans_p = torch.tensor([model.to_single_token(p["patch_answer"]) for p in pairs[:4]])
+    _, cache = model.run_with_cache(patch, names_filter=h)
+    rows = torch.arange(4)
+
+    def metric(logits):
+        return logits[rows, -1, ans_p] - logits[rows, -1, ans_c]
+
+    with torch.no_grad():
+        base = metric(model(clean))
+        for pos, unit in [(1, 5), (clean.shape[1] - 1, 17)]:
+
+            def patch_unit(x, hook, pos=pos, unit=unit):
+                x[:, pos, unit] = cache[h][:, pos, unit]
+                return x
+
+            with model.hooks(fwd_hooks=[(h, patch_unit)]):
+                want = float((metric(model(clean)) - base).mean())
+            assert float(exact.features[h][pos, unit]) == pytest.approx(want, abs=1e-5)
