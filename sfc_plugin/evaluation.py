@@ -30,6 +30,9 @@ per position for templatic circuits (nodes ``...@pos``) and over all real tokens
 The policy applies after complementing, so ``C`` and its complement are scored alike.
 Sites in blocks below ``start_layer`` are left untouched (given to the circuit for free);
 the paper evaluates from layer 2 on. Sites outside the blocks (embeddings) count as layer 0.
+
+``faithfulness_curve`` sweeps the node threshold with one set of node effects, for feature
+circuits and for neuron circuits (identity dictionaries at the same hooks, no error nodes).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch
 from sae_lens import SAE
 from torch import Tensor
@@ -46,7 +50,15 @@ from tqdm.auto import tqdm
 
 from sfc_plugin.circuit import Circuit
 from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, tokenize
-from sfc_plugin.effects import Aggregation, _check_choice, _mean_values, check_node_id
+from sfc_plugin.dictionaries import neuron_saes
+from sfc_plugin.effects import (
+    Aggregation,
+    NodeEffects,
+    _check_choice,
+    _mean_values,
+    check_node_id,
+    node_effects,
+)
 from sfc_plugin.metrics import Metric, resolve_metric
 from sfc_plugin.sites import Site, compose, encode, make_sites
 
@@ -60,7 +72,8 @@ class CircuitScores:
     """Mean metrics and the two scores of one circuit on one dataset.
 
     ``m_model``: nothing ablated; ``m_empty``: every evaluated node ablated; ``m_circuit``:
-    nodes outside the circuit ablated; ``m_complement``: nodes inside it ablated.
+    nodes outside the circuit ablated; ``m_complement``: nodes inside it ablated;
+    ``n_nodes``: the circuit's nodes at the evaluated sites.
     """
 
     m_model: float
@@ -135,13 +148,20 @@ class Evaluator:
     def scores(self, circuit: CircuitLike) -> CircuitScores:
         """Mean metric with the circuit kept and with it ablated, plus m(M) and m(empty)."""
         nodes = _node_ids(circuit)
+        keep = self._masks(nodes, complement=False)
         return CircuitScores(
             m_model=self.m_model,
             m_empty=self.m_empty,
-            m_circuit=self._mean_metric(self._masks(nodes, complement=False)),
+            m_circuit=self._mean_metric(keep),
             m_complement=self._mean_metric(self._masks(nodes, complement=True)),
-            n_nodes=len(nodes),
+            n_nodes=self.count_nodes(nodes),
         )
+
+    def count_nodes(self, circuit: CircuitLike) -> int:
+        """Nodes of ``circuit`` at the evaluated sites (from ``start_layer`` on), counted under
+        the error policy (removed errors do not count)."""
+        keep = self._masks(_node_ids(circuit), complement=False)
+        return sum(int(f.sum()) + int(e.sum()) for f, e in keep.values())
 
     def metric_with(self, circuit: CircuitLike, complement: bool = False) -> float:
         """Mean metric with every node outside ``circuit`` (inside, if ``complement``) ablated."""
@@ -334,3 +354,126 @@ def completeness(
     )
     ev = _evaluator(model, saes, circuit, data, aggregation, **options)
     return (ev.metric_with(circuit, complement=True) - ev.m_empty) / (ev.m_model - ev.m_empty)
+
+
+CURVE_COLUMNS = [
+    "kind",
+    "threshold",
+    "nodes",
+    "error_nodes",
+    "faithfulness",
+    "completeness",
+    "m_circuit",
+    "m_complement",
+    "m_model",
+    "m_empty",
+]
+
+
+def default_thresholds(effects: NodeEffects, n: int = 16, decades: float = 4.0) -> list[float]:
+    """``n`` thresholds spaced evenly in log scale from just under the largest ``|effect|``
+    (a one-node circuit) down ``decades`` orders of magnitude."""
+    top = max(
+        max(float(t.abs().max()) for t in effects.features.values()),
+        max(float(t.abs().max()) for t in effects.errors.values()),
+    )
+    if top == 0:
+        return [0.0]
+    return [top * 0.999 * 10 ** (-decades * i / (n - 1)) for i in range(n)]
+
+
+def faithfulness_curve(
+    model,
+    saes: Mapping[str, SAE],
+    data_train: Dataset | str | Path | Sequence[dict[str, Any]],
+    data_test: Dataset | str | Path | Sequence[dict[str, Any]],
+    thresholds: Sequence[float] | None = None,
+    *,
+    neurons: bool = True,
+    method: Literal["exact", "atp", "ig"] = "ig",
+    steps: int = 10,
+    discovery_ablation: Literal["patch", "zero", "mean"] = "patch",
+    ablation: EvalAblation = "mean",
+    start_layer: int = 0,
+    errors: ErrorPolicy = "keep",
+    aggregation: Aggregation = "templatic",
+    metric: Callable | None = None,
+    batch_size: int = 16,
+    effects: Mapping[str, NodeEffects] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Faithfulness and completeness against circuit size, for feature circuits and (with
+    ``neurons``) neuron circuits at the same hooks (``neuron_saes``).
+
+    For each kind, node effects are computed once on ``data_train`` (``method``, ``steps``,
+    ``discovery_ablation``; or taken from ``effects[kind]``), and for each threshold the
+    circuit ``{|effect| > threshold}`` is scored on ``data_test`` (``ablation``,
+    ``start_layer``, ``errors`` as in ``faithfulness``), sharing m(M) and m(empty).
+    ``thresholds``: absolute values, or None for ``default_thresholds`` of each kind (their
+    effect scales differ).
+
+    Returns one row per (kind, threshold): ``CURVE_COLUMNS`` (``nodes`` counts the nodes at
+    evaluated sites, ``error_nodes`` the error nodes among them).
+    """
+    kinds = {"features": saes}
+    if neurons:
+        kinds["neurons"] = neuron_saes(model, saes)
+    rows = []
+    for kind, dictionaries in kinds.items():
+        eff = (effects or {}).get(kind)
+        if eff is None:
+            eff = node_effects(
+                model,
+                dictionaries,
+                data_train,
+                method=method,
+                steps=steps,
+                ablation=discovery_ablation,
+                aggregation=aggregation,
+                metric=metric,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        table = eff.to_frame()
+        ev = Evaluator(
+            model,
+            dictionaries,
+            data_test,
+            aggregation=aggregation,
+            ablation=ablation,
+            start_layer=start_layer,
+            errors=errors,
+            metric=metric,
+            batch_size=batch_size,
+            progress=False,
+        )
+        chosen = default_thresholds(eff) if thresholds is None else list(thresholds)
+        for t in tqdm(chosen, desc=f"faithfulness curve ({kind})", disable=not progress):
+            nodes = list(table.node[table.effect.abs() > t])
+            s = ev.scores(nodes)
+            errs = ev.count_nodes([n for n in nodes if "/err" in n])
+            rows.append(
+                (
+                    kind,
+                    t,
+                    s.n_nodes,
+                    errs,
+                    s.faithfulness,
+                    s.completeness,
+                    s.m_circuit,
+                    s.m_complement,
+                    s.m_model,
+                    s.m_empty,
+                )
+            )
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def nodes_to_reach(curve: pd.DataFrame, level: float, column: str = "faithfulness") -> dict:
+    """Per kind, the fewest nodes among the curve's circuits whose ``column`` is at least
+    ``level`` (None if none reaches it)."""
+    out = {}
+    for kind, part in curve.groupby("kind", sort=False):
+        hit = part[part[column] >= level]
+        out[kind] = int(hit.nodes.min()) if len(hit) else None
+    return out

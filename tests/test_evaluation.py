@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from conftest import make_saes, make_tiny_model, standard_hooks
@@ -232,3 +233,82 @@ def test_neuron_node_effects_equal_patching_one_coordinate(tokenizer, pairs):
             with model.hooks(fwd_hooks=[(h, patch_unit)]):
                 want = float((metric(model(clean)) - base).mean())
             assert float(exact.features[h][pos, unit]) == pytest.approx(want, abs=1e-5)
+
+
+def test_faithfulness_curve_rows_equal_single_evaluations(tokenizer, pairs):
+    from sfc_plugin.evaluation import faithfulness_curve, nodes_to_reach
+
+    model, saes = _setup("sequential", tokenizer)
+    train, test = pairs[:6], pairs[6:]
+    effects = node_effects(model, saes, train, method="atp", progress=False)
+    table = effects.to_frame()
+    thresholds = [float(table.effect.abs().iloc[k]) for k in (0, 5, 40)] + [0.0]
+    curve = faithfulness_curve(model, saes, train, test, thresholds, method="atp", progress=False)
+    assert list(curve.kind.unique()) == ["features", "neurons"]
+    feats = curve[curve.kind == "features"].reset_index(drop=True)
+    assert list(feats.nodes[:3]) == [0, 5, 40]  # strictly above the k-th largest
+    for t, row in zip(thresholds, feats.itertuples()):
+        circuit = list(table.node[table.effect.abs() > t])
+        assert row.faithfulness == pytest.approx(
+            faithfulness(model, saes, circuit, test, progress=False), abs=1e-6
+        )
+        assert row.completeness == pytest.approx(
+            completeness(model, saes, circuit, test, progress=False), abs=1e-6
+        )
+    assert feats.nodes.iloc[-1] == int((table.effect != 0).sum())
+    neurons = curve[curve.kind == "neurons"]
+    assert (neurons.error_nodes == 0).all() and neurons.nodes.is_monotonic_increasing
+    # the effects passed in are used as they are (no recomputation)
+    again = faithfulness_curve(
+        model,
+        saes,
+        train,
+        test,
+        thresholds,
+        neurons=False,
+        effects={"features": effects},
+        method="ig",
+        progress=False,
+    )
+    torch.testing.assert_close(
+        torch.tensor(again.faithfulness.values), torch.tensor(feats.faithfulness.values)
+    )
+    reach = nodes_to_reach(curve, 0.5)
+    assert set(reach) == {"features", "neurons"}
+    hit = feats[feats.faithfulness >= 0.5]
+    assert reach["features"] == (int(hit.nodes.min()) if len(hit) else None)
+
+
+def test_approximation_check_against_node_effects_and_plots(tokenizer, pairs, tmp_path):
+    from sfc_plugin.approximation import approximation_check
+    from sfc_plugin.plots import plot_approximation, plot_faithfulness_curve
+
+    model, saes = _setup("parallel", tokenizer)
+    data = pairs[:4]
+    table = approximation_check(model, saes, data, top=3, steps=4, progress=False)
+    assert set(table.component) == {"attn_out", "mlp_out", "resid_post"}
+    assert table.groupby("component").size().max() == 3
+    atp = node_effects(model, saes, data, method="atp", progress=False).to_frame()
+    ig = node_effects(model, saes, data, method="ig", steps=4, progress=False).to_frame()
+    for frame, col in ((atp, "atp"), (ig, "ig")):
+        want = frame.set_index("node").effect.reindex(table.node).fillna(0.0)
+        torch.testing.assert_close(
+            torch.tensor(table[col].values), torch.tensor(want.values), atol=1e-6, rtol=0
+        )
+    # exact values are those of exact patching (checked against brute force in test_effects)
+    exact = node_effects(model, saes, data, method="exact", progress=False).to_frame()
+    want = exact.set_index("node").effect.reindex(table.node).fillna(0.0)
+    torch.testing.assert_close(
+        torch.tensor(table.exact.values), torch.tensor(want.values), atol=1e-6, rtol=0
+    )
+    plot_approximation(table, title="tiny").savefig(tmp_path / "a.png")
+    curve = pd.DataFrame(
+        {
+            "kind": ["features", "features", "neurons"],
+            "nodes": [1, 10, 30],
+            "faithfulness": [0.2, 0.9, 0.5],
+            "completeness": [0.8, 0.1, 0.4],
+        }
+    )
+    plot_faithfulness_curve({"a": curve, "b": curve}).savefig(tmp_path / "c.png")
+    assert (tmp_path / "a.png").stat().st_size > 5000 and (tmp_path / "c.png").stat().st_size > 5000
