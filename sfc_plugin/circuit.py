@@ -33,7 +33,7 @@ from sae_lens import SAE
 
 import sfc_plugin
 from sfc_plugin.edges import METRIC_NODE, edge_effects
-from sfc_plugin.effects import Ablation, Aggregation, node_effects
+from sfc_plugin.effects import Ablation, Aggregation, NodeEffects, node_effects
 
 SCHEMA = "sfc_plugin.circuit"
 SCHEMA_VERSION = 1
@@ -203,13 +203,15 @@ def discover_circuit(
     max_nodes: int | None = None,
     batch_size: int = 16,
     max_batch_rows: int | None = None,
+    effects: NodeEffects | None = None,
     progress: bool = True,
 ) -> Circuit:
     """Discover the sparse feature circuit of ``model`` with ``saes`` on ``data``.
 
     Node and edge effects as in ``node_effects`` / ``edge_effects`` (same arguments);
     ``node_threshold`` and ``edge_threshold`` are absolute; ``max_nodes`` caps the node count
-    (largest ``|effect|`` first). Returns a ``Circuit``.
+    (largest ``|effect|`` first). ``effects``: node effects already computed with these
+    settings on this data (skips that pass). Returns a ``Circuit``.
     """
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not isinstance(value, (int, float)) or value < 0:
@@ -228,7 +230,16 @@ def discover_circuit(
     )
     if method not in ("atp", "ig"):
         raise ValueError(f"method must be 'atp' or 'ig' for circuits, got {method!r}")
-    effects = node_effects(model, saes, data, **common)
+    if effects is None:
+        effects = node_effects(model, saes, data, **common)
+    else:
+        given = (effects.method, effects.ablation, effects.aggregation, effects.steps)
+        wanted = (method, ablation, aggregation, steps if method == "ig" else None)
+        if given != wanted:
+            raise ValueError(
+                f"effects were computed with (method, ablation, aggregation, steps) = {given}, "
+                f"not {wanted}"
+            )
     table = effects.to_frame()
     nodes = table[table.effect.abs() > node_threshold]
     if max_nodes is not None:

@@ -1,0 +1,214 @@
+"""One circuit, end to end, as a self-contained HTML report: discover on training pairs,
+score on held-out pairs, sweep the threshold (features against neurons) and write the page.
+
+``circuit_report`` is what ``make demo`` (``sfc_plugin.demo``) and ``sfc circuit``
+(``sfc_plugin.cli``) run. Every stage is timed; the page holds the summary, the interactive
+circuit (``render.render_html``), the faithfulness/completeness curves as an inline PNG and
+the curve table. Nothing in it needs a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from sae_lens import SAE
+
+from sfc_plugin.circuit import Circuit, discover_circuit
+from sfc_plugin.data import Dataset, read_dataset
+from sfc_plugin.effects import Aggregation, node_effects
+from sfc_plugin.evaluation import ErrorPolicy, Evaluator, faithfulness_curve, nodes_to_reach
+from sfc_plugin.plots import plot_faithfulness_curve
+
+
+@dataclass
+class CircuitReport:
+    """What ``circuit_report`` made: the circuit, its scores on the test data, the curve
+    (None if not swept), timings in seconds per stage, and the page's path."""
+
+    circuit: Circuit
+    faithfulness: float
+    completeness: float
+    curve: pd.DataFrame | None
+    timings: dict[str, float] = field(default_factory=dict)
+    path: Path | None = None
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        c = self.circuit
+        n_err = int((c.nodes.kind == "error").sum())
+        lines = [
+            f"circuit: {len(c.nodes)} nodes ({len(c.nodes) - n_err} features, {n_err} errors), "
+            f"{len(c.edges)} edges ({c.settings['method']}, node |IE| > "
+            f"{c.settings['node_threshold']}, edge |IE| > {c.settings['edge_threshold']}, "
+            f"{c.settings['n_examples']} training pairs)",
+            f"on held-out pairs: faithfulness {self.faithfulness:.3f}, "
+            f"completeness {self.completeness:.3f}",
+        ]
+        if self.curve is not None:
+            for level in (0.5, 0.8):
+                reach = nodes_to_reach(self.curve, level)
+                parts = [f"{k} {v if v is not None else 'not reached'}" for k, v in reach.items()]
+                lines.append(f"nodes for faithfulness >= {level}: " + ", ".join(parts))
+        lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+        if self.path is not None:
+            lines.append(f"report: {self.path}")
+        return "\n".join(lines)
+
+
+def circuit_report(
+    model,
+    saes: Mapping[str, SAE],
+    data_train: Dataset | str | Path | Sequence[dict[str, Any]],
+    data_test: Dataset | str | Path | Sequence[dict[str, Any]],
+    out: str | Path | None,
+    *,
+    method: Literal["atp", "ig"] = "ig",
+    steps: int = 10,
+    node_threshold: float = 0.1,
+    edge_threshold: float = 0.01,
+    aggregation: Aggregation = "templatic",
+    metric: Callable | None = None,
+    errors: ErrorPolicy = "keep",
+    start_layer: int = 0,
+    curve: bool = True,
+    neurons: bool = True,
+    thresholds: Sequence[float] | None = None,
+    dashboards: Any = None,
+    title: str = "Sparse feature circuit",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> CircuitReport:
+    """Discover a circuit on ``data_train`` and score it on ``data_test``; write the HTML page
+    to ``out`` (None: no page).
+
+    Node effects are computed once and shared by the circuit and the feature curve; with
+    ``neurons`` the curve also has neuron circuits (one more node-effects pass).
+    ``dashboards``: hover information for the circuit page (``render.render_html``).
+    Other arguments as in ``discover_circuit`` and ``faithfulness``.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    common = dict(metric=metric, aggregation=aggregation, batch_size=batch_size)
+    effects = node_effects(
+        model, saes, data_train, method=method, steps=steps, progress=progress, **common
+    )
+    timings["node effects"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    circuit = discover_circuit(
+        model,
+        saes,
+        data_train,
+        method=method,
+        steps=steps,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        effects=effects,
+        progress=progress,
+        **common,
+    )
+    first = read_dataset(data_train).examples[0].clean_prefix
+    circuit.settings["tokens"] = model.to_str_tokens(first)
+    timings["edges"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev = Evaluator(
+        model, saes, data_test, errors=errors, start_layer=start_layer, progress=False, **common
+    )
+    scores = ev.scores(circuit)
+    timings["evaluation"] = time.perf_counter() - t0
+    table = None
+    if curve:
+        t0 = time.perf_counter()
+        table = faithfulness_curve(
+            model,
+            saes,
+            data_train,
+            data_test,
+            thresholds,
+            neurons=neurons,
+            method=method,
+            steps=steps,
+            errors=errors,
+            start_layer=start_layer,
+            effects={"features": effects},
+            progress=progress,
+            **common,
+        )
+        timings["curves"] = time.perf_counter() - t0
+    report = CircuitReport(circuit, scores.faithfulness, scores.completeness, table, timings)
+    if out is not None:
+        report.path = Path(out)
+        report.path.parent.mkdir(parents=True, exist_ok=True)
+        report.path.write_text(report_html(report, title=title, dashboards=dashboards))
+    return report
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return (
+        f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+    )
+
+
+def report_html(report: CircuitReport, *, title: str, dashboards: Any = None) -> str:
+    """The report page (a whole HTML document)."""
+    from sfc_plugin.render import render_html
+
+    c = report.circuit
+    s = c.settings
+    rows = [
+        ("model", s.get("model")),
+        ("SAE sites", len(s.get("saes") or {})),
+        ("method", f"{s['method']}" + (f" ({s['steps']} steps)" if s.get("steps") else "")),
+        ("training pairs", s.get("n_examples")),
+        ("node / edge threshold", f"{s['node_threshold']} / {s['edge_threshold']}"),
+        ("nodes", f"{len(c.nodes)} ({int((c.nodes.kind == 'error').sum())} error nodes)"),
+        ("edges", len(c.edges)),
+        ("faithfulness (held out)", f"{report.faithfulness:.3f}"),
+        ("completeness (held out)", f"{report.completeness:.3f}"),
+    ]
+    rows += [(f"time: {k}", f"{v:.1f} s") for k, v in report.timings.items()]
+    table = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<table class="summary">{table}</table>',
+        "<h2>Circuit</h2>",
+        render_html(c, dashboards=dashboards),
+    ]
+    if report.curve is not None:
+        fig = plot_faithfulness_curve(report.curve)
+        parts += [
+            "<h2>Faithfulness and completeness against circuit size</h2>",
+            "<p>Circuits {|IE| &gt; threshold} from the training pairs, scored on held-out "
+            "pairs with every other node mean-ablated (faithfulness) or with the circuit's "
+            "nodes mean-ablated (completeness); neuron circuits use the same hooks with "
+            "identity dictionaries.</p>",
+            _img(figure_png(fig), "faithfulness and completeness curves"),
+            report.curve.to_html(index=False, float_format=lambda x: f"{x:.4g}"),
+        ]
+    style = (
+        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}"
+        "table.summary th{text-align:left;padding-right:1em}"
+        "table.dataframe{border-collapse:collapse;font-size:12px}"
+        "table.dataframe td,table.dataframe th{border:1px solid #ccc;padding:2px 6px}</style>"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title>{style}</head><body>{''.join(parts)}</body></html>\n"
+    )
