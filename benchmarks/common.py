@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 
 from sfc_plugin.data import Batch
 from sfc_plugin.metrics import logit_diff
@@ -32,3 +34,20 @@ def plain_forward_backward(model, batch: Batch, weights: bool = False) -> None:
     torch.autograd.grad(logit_diff(logits, batch).sum(), embed + params, allow_unused=True)
     for p, r in zip(model.parameters(), was):
         p.requires_grad_(r)
+
+
+def random_saes(model, hooks: list[str], d_sae: int, seed: int = 0) -> dict[str, StandardSAE]:
+    """Seeded random ReLU SAEs of any width: cost depends on the width, not on training."""
+    g = torch.Generator().manual_seed(seed)
+    saes = {}
+    for hook in hooks:
+        d = model.cfg.d_model
+        sae = StandardSAE(
+            StandardSAEConfig(d_in=d, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook))
+        )
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(d, d_sae, generator=g) / d**0.5)
+            sae.W_dec.copy_(sae.W_enc.T / d_sae**0.5)
+            sae.b_enc.fill_(-1.0)
+        saes[hook] = sae.to(model.cfg.device)
+    return saes

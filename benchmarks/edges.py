@@ -16,11 +16,10 @@ import argparse
 import time
 
 import torch
-from common import SITES, plain_forward_backward
+from common import SITES, plain_forward_backward, random_saes
 
 from sfc_plugin import load_model
 from sfc_plugin.datasets import agreement
-from sfc_plugin.demo import random_saes
 from sfc_plugin.edges import EdgeAccumulator, batch_edges, kept_nodes
 from sfc_plugin.effects import node_effects, prepare_run
 

@@ -19,12 +19,11 @@ import statistics
 import time
 
 import torch
-from common import SITES, plain_forward_backward
+from common import SITES, plain_forward_backward, random_saes
 
 from sfc_plugin import load_model, node_effects
 from sfc_plugin.data import read_dataset, tokenize
 from sfc_plugin.datasets import agreement
-from sfc_plugin.demo import random_saes
 
 
 def timed(fn, repeat: int) -> float:

@@ -28,6 +28,12 @@ _EXPORTS = {
     "completeness": "sfc_plugin.evaluation",
     "circuit_scores": "sfc_plugin.evaluation",
     "CircuitScores": "sfc_plugin.evaluation",
+    "faithfulness_curve": "sfc_plugin.evaluation",
+    "nodes_to_reach": "sfc_plugin.evaluation",
+    "approximation_check": "sfc_plugin.approximation",
+    "plot_faithfulness_curve": "sfc_plugin.plots",
+    "plot_approximation": "sfc_plugin.plots",
+    "circuit_report": "sfc_plugin.report",
     "feature_dashboard": "sfc_plugin.dashboards",
     "feature_index": "sfc_plugin.dashboards",
     "FeatureIndex": "sfc_plugin.dashboards",
@@ -39,14 +45,24 @@ _SUBMODULES = ("datasets",)
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 if TYPE_CHECKING:
+    from sfc_plugin.approximation import approximation_check
     from sfc_plugin.circuit import Circuit, discover_circuit
     from sfc_plugin.dashboards import Dashboard, FeatureIndex, feature_dashboard, feature_index
     from sfc_plugin.data import Dataset, read_dataset
     from sfc_plugin.dictionaries import load_saes, neuron_saes
     from sfc_plugin.edges import edge_effects
     from sfc_plugin.effects import NodeEffects, node_effects
-    from sfc_plugin.evaluation import CircuitScores, circuit_scores, completeness, faithfulness
+    from sfc_plugin.evaluation import (
+        CircuitScores,
+        circuit_scores,
+        completeness,
+        faithfulness,
+        faithfulness_curve,
+        nodes_to_reach,
+    )
     from sfc_plugin.models import load_model, load_tokenizer
+    from sfc_plugin.plots import plot_approximation, plot_faithfulness_curve
+    from sfc_plugin.report import circuit_report
     from sfc_plugin.sites import Site, attach_saes
 
 

@@ -1,0 +1,303 @@
+"""The agreement reproduction on the embedded model: one command regenerates the numbers and
+figures of ``docs/reproduction.md``.
+
+    python -m sfc_plugin.reproduce [--out docs] [--train 64] [--test 64] [--method atp]
+
+For each task of METHOD.md section 6 (simple, within_rc, across_rc, across_pp), with the
+bundled SAEs and neuron dictionaries at the same 30 hooks:
+
+1. node effects on the training pairs (``--method``, patch ablation, templatic);
+2. faithfulness and completeness of the circuits ``{|IE| > t}`` on held-out pairs for a
+   sweep of ``t`` (mean ablation, per position), features and neurons
+   (``evaluation.faithfulness_curve``);
+3. the node counts at which faithfulness first reaches 0.5 and 0.8, the circuit at
+   ``--node-threshold`` (size, faithfulness, completeness), and the share of the total
+   ``|IE|`` that error nodes carry.
+
+Then the share of nodes common to the across-RC and across-PP circuits (position-free:
+``site/feature``), and an approximation check (AtP and IG against exact patching) on
+``--approx-task``. Per-task results are written as they finish under ``OUT/reproduction/``
+(a rerun skips finished tasks; ``--fresh`` recomputes); the page's generated section, between
+its ``<!-- generated -->`` markers, is rewritten and the text around it is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sfc_plugin.approximation import approximation_check
+from sfc_plugin.datasets import TASKS, agreement
+from sfc_plugin.dictionaries import load_saes, neuron_saes
+from sfc_plugin.effects import NodeEffects, node_effects
+from sfc_plugin.evaluation import Evaluator, default_thresholds, faithfulness_curve
+from sfc_plugin.models import load_model
+from sfc_plugin.plots import plot_approximation, plot_faithfulness_curve
+
+START, END = "<!-- generated:start -->", "<!-- generated:end -->"
+LEVELS = (0.5, 0.8)
+
+
+def error_share(effects: NodeEffects) -> float:
+    """Share of the total ``|IE|`` (all nodes, all sites) carried by error nodes."""
+    err = sum(float(t.abs().sum()) for t in effects.errors.values())
+    feat = sum(float(t.abs().sum()) for t in effects.features.values())
+    return err / (err + feat) if err + feat else float("nan")
+
+
+def _first_reaching(curve: pd.DataFrame, kind: str, level: float) -> int | None:
+    part = curve[(curve.kind == kind) & (curve.faithfulness >= level)]
+    return int(part.nodes.min()) if len(part) else None
+
+
+def run_task(model, saes, task: str, args: argparse.Namespace, directory: Path) -> dict:
+    """Effects, curve and summary of one task; written to ``directory`` (summary last)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    train = agreement(task, model, n=args.train, split="train")
+    test = agreement(task, model, n=args.test, split="test")
+    t0 = time.perf_counter()
+    kinds = {"features": saes, "neurons": neuron_saes(model, saes)}
+    effects = {
+        kind: node_effects(
+            model, d, train, method=args.method, steps=args.steps, batch_size=args.batch_size
+        )
+        for kind, d in kinds.items()
+    }
+    thresholds = {
+        k: default_thresholds(e, n=args.points, decades=args.decades) for k, e in effects.items()
+    }
+    curves = [
+        faithfulness_curve(
+            model, kinds[k], train, test, thresholds[k], neurons=False,
+            effects={"features": effects[k]}, batch_size=args.batch_size,
+        ).assign(kind=k)
+        for k in kinds
+    ]  # fmt: skip
+    curve = pd.concat(curves, ignore_index=True)
+    curve.to_csv(directory / "curve.csv", index=False)
+    table = effects["features"].to_frame()
+    circuit = list(table.node[table.effect.abs() > args.node_threshold])
+    scores = Evaluator(model, saes, test, batch_size=args.batch_size, progress=False).scores(
+        circuit
+    )
+    summary = {
+        "task": task,
+        "n_train": len(train),
+        "n_test": len(test),
+        "example": train[0],
+        "method": args.method,
+        "m_model": scores.m_model,
+        "m_empty": scores.m_empty,
+        "error_share": error_share(effects["features"]),
+        "circuit_threshold": args.node_threshold,
+        "circuit_nodes": scores.n_nodes,
+        "circuit_error_nodes": sum("/err" in n for n in circuit),
+        "circuit_faithfulness": scores.faithfulness,
+        "circuit_completeness": scores.completeness,
+        "circuit_nodes_summed": sorted({n.split("@")[0] for n in circuit}),
+        "reach": {
+            kind: {str(level): _first_reaching(curve, kind, level) for level in LEVELS}
+            for kind in kinds
+        },
+        "seconds": time.perf_counter() - t0,
+    }
+    (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def overlap(a: list[str], b: list[str]) -> dict[str, float | int]:
+    """Shared position-free nodes of two circuits: counts and shares of each."""
+    sa, sb = set(a), set(b)
+    common = len(sa & sb)
+    return {
+        "a": len(sa),
+        "b": len(sb),
+        "common": common,
+        "share_of_a": common / len(sa) if sa else float("nan"),
+        "share_of_b": common / len(sb) if sb else float("nan"),
+        "jaccard": common / len(sa | sb) if sa | sb else float("nan"),
+    }
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "not reached"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def generated_section(summaries: dict[str, dict], extra: dict, figures: dict[str, str]) -> str:
+    """The markdown between the page's markers."""
+    lines = [START, "", f"Generated by `{extra['command']}`.", ""]
+    lines += [
+        "| task | train / test pairs | nodes for F≥0.5: features | neurons | "
+        "nodes for F≥0.8: features | neurons | error share of \\|IE\\| | time (min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task, s in summaries.items():
+        r = s["reach"]
+        lines.append(
+            f"| {task} | {s['n_train']} / {s['n_test']} | {_fmt(r['features']['0.5'])} | "
+            f"{_fmt(r['neurons']['0.5'])} | {_fmt(r['features']['0.8'])} | "
+            f"{_fmt(r['neurons']['0.8'])} | {s['error_share']:.2f} | {s['seconds'] / 60:.1f} |"
+        )
+    lines += [
+        "",
+        f"Circuits at node threshold {extra['node_threshold']} (features and errors, "
+        "held-out faithfulness and completeness, mean ablation):",
+        "",
+        "| task | nodes | of which errors | faithfulness | completeness | m(M) | m(∅) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, s in summaries.items():
+        lines.append(
+            f"| {task} | {s['circuit_nodes']} | {s['circuit_error_nodes']} | "
+            f"{s['circuit_faithfulness']:.3f} | {s['circuit_completeness']:.3f} | "
+            f"{s['m_model']:.3f} | {s['m_empty']:.3f} |"
+        )
+    if "overlap" in extra:
+        o = extra["overlap"]
+        lines += [
+            "",
+            f"Across-RC and across-PP circuits (threshold {extra['node_threshold']}, nodes "
+            f"compared as `site/feature`, positions ignored): {o['a']} and {o['b']} nodes, "
+            f"{o['common']} in common: {o['share_of_a']:.0%} of the RC circuit, "
+            f"{o['share_of_b']:.0%} of the PP circuit (Jaccard {o['jaccard']:.2f}).",
+        ]
+    lines += ["", f"![faithfulness and completeness curves]({figures['curves']})", ""]
+    if "approximation" in extra:
+        a = extra["approximation"]
+        lines += [
+            f"Approximation check on {a['task']} ({a['pairs']} pairs, top {a['top']} nodes per "
+            f"site kind by max(|AtP|, |IG|), IG with {a['steps']} steps; "
+            f"{a['seconds'] / 60:.1f} min): mean |estimate − exact| and correlation with "
+            "exact, per site kind and layer range.",
+            "",
+            "| site kind | layers | nodes | AtP mean abs error | IG mean abs error | "
+            "AtP corr | IG corr |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += a["rows"]
+        lines += ["", f"![AtP and IG against exact patching]({figures['approximation']})", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def approximation_rows(table: pd.DataFrame) -> list[str]:
+    rows = []
+    table = table.assign(
+        band=pd.cut(table.layer, [-1, 10, 20, 100], labels=["≤10", "11-20", ">20"])
+    )
+    for (component, band), part in table.groupby(["component", "band"], observed=True):
+        if len(part) == 0:
+            continue
+        err_atp = float((part.atp - part.exact).abs().mean())
+        err_ig = float((part.ig - part.exact).abs().mean())
+        corr = [
+            float(part[c].corr(part.exact)) if len(part) > 2 else float("nan")
+            for c in ("atp", "ig")
+        ]
+        rows.append(
+            f"| {component} | {band} | {len(part)} | {err_atp:.4f} | {err_ig:.4f} | "
+            f"{corr[0]:.2f} | {corr[1]:.2f} |"
+        )
+    return rows
+
+
+def write_page(page: Path, section: str) -> None:
+    """Replace the generated section of ``page`` (or create the page around it)."""
+    if page.exists() and START in (text := page.read_text()) and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        page.write_text(head + section + tail)
+    else:
+        page.write_text("# Reproduction: subject-verb agreement\n\n" + section + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs", help="directory of reproduction.md")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--train", type=int, default=64)
+    ap.add_argument("--test", type=int, default=64)
+    ap.add_argument("--method", choices=["atp", "ig"], default="atp")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--node-threshold", type=float, default=0.1)
+    ap.add_argument("--points", type=int, default=21, help="thresholds per curve")
+    ap.add_argument("--decades", type=float, default=5.0, help="threshold range, log10")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--approx-task", default="across_rc", choices=list(TASKS))
+    ap.add_argument("--approx-pairs", type=int, default=16)
+    ap.add_argument("--approx-top", type=int, default=15)
+    ap.add_argument("--no-approx", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="recompute finished tasks")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    work = out / "reproduction"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = load_model("smollm2-135m")
+    saes = load_saes("smollm2-135m-sfc")
+
+    summaries, curves = {}, {}
+    for task in args.tasks:
+        done = work / task / "summary.json"
+        if done.exists() and not args.fresh:
+            summaries[task] = json.loads(done.read_text())
+            print(f"{task}: already done ({done})")
+        else:
+            summaries[task] = run_task(model, saes, task, args, work / task)
+            print(f"{task}: done in {summaries[task]['seconds']:.0f} s")
+        curves[task] = pd.read_csv(work / task / "curve.csv")
+
+    extra: dict = {"node_threshold": args.node_threshold}
+    if {"across_rc", "across_pp"} <= set(summaries):
+        extra["overlap"] = overlap(
+            summaries["across_rc"]["circuit_nodes_summed"],
+            summaries["across_pp"]["circuit_nodes_summed"],
+        )
+    figures = {"curves": "reproduction/curves.png"}
+    plot_faithfulness_curve(curves).savefig(out / figures["curves"], dpi=110)
+    if not args.no_approx:
+        path, timing = work / "approximation.csv", work / "approximation_seconds.txt"
+        if path.exists() and timing.exists() and not args.fresh:
+            table = pd.read_csv(path)
+        else:
+            t0 = time.perf_counter()
+            data = agreement(args.approx_task, model, n=args.approx_pairs, split="train")
+            table = approximation_check(
+                model, saes, data, top=args.approx_top, steps=args.steps,
+                batch_size=args.batch_size,
+            )  # fmt: skip
+            table.to_csv(path, index=False)
+            timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
+        figures["approximation"] = "reproduction/approximation.png"
+        plot_approximation(table, title=args.approx_task).savefig(
+            out / figures["approximation"], dpi=110
+        )
+        extra["approximation"] = {
+            "task": args.approx_task,
+            "pairs": args.approx_pairs,
+            "top": args.approx_top,
+            "steps": args.steps,
+            "seconds": float(timing.read_text()),
+            "rows": approximation_rows(table),
+        }
+    cmd = "python -m sfc_plugin.reproduce" + (f" --out {args.out}" if args.out != "docs" else "")
+    for name in ("train", "test", "method"):
+        if getattr(args, name) != ap.get_default(name):
+            cmd += f" --{name} {getattr(args, name)}"
+    extra["command"] = cmd
+    (work / "extra.json").write_text(json.dumps(extra, indent=1))
+    write_page(out / "reproduction.md", generated_section(summaries, extra, figures))
+    print(f"wrote {out / 'reproduction.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The reproduction script's pure parts (the full run is `python -m sfc_plugin.reproduce`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sfc_plugin.effects import NodeEffects
+from sfc_plugin.reproduce import END, START, error_share, overlap, write_page
+
+
+def test_overlap_counts_shared_nodes():
+    o = overlap(["a/f1", "a/f2", "b/err", "c/f3"], ["a/f1", "b/err", "d/f9"])
+    assert (o["a"], o["b"], o["common"]) == (4, 3, 2)
+    assert o["share_of_a"] == 0.5 and math.isclose(o["share_of_b"], 2 / 3)
+    assert math.isclose(o["jaccard"], 2 / 5)
+
+
+def test_error_share_is_share_of_absolute_effect():
+    eff = NodeEffects(
+        features={"h": torch.tensor([[1.0, -2.0], [0.0, 1.0]])},
+        errors={"h": torch.tensor([-3.0, 1.0])},
+        method="atp",
+        ablation="patch",
+        aggregation="templatic",
+        steps=None,
+        n_examples=1,
+        metric_clean=0.0,
+    )
+    assert math.isclose(error_share(eff), 4 / 8)
+
+
+def test_write_page_keeps_text_around_the_generated_section(tmp_path):
+    page = tmp_path / "r.md"
+    write_page(page, f"{START}\nfirst\n{END}")
+    assert page.read_text().startswith("# Reproduction")
+    page.write_text(f"# Mine\nintro\n{START}\nold\n{END}\nclosing words\n")
+    write_page(page, f"{START}\nnew\n{END}")
+    assert page.read_text() == f"# Mine\nintro\n{START}\nnew\n{END}\nclosing words\n"
