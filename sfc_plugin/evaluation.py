@@ -84,11 +84,21 @@ class CircuitScores:
 
     @property
     def faithfulness(self) -> float:
-        return (self.m_circuit - self.m_empty) / (self.m_model - self.m_empty)
+        return _share(self.m_circuit, self.m_model, self.m_empty)
 
     @property
     def completeness(self) -> float:
-        return (self.m_complement - self.m_empty) / (self.m_model - self.m_empty)
+        return _share(self.m_complement, self.m_model, self.m_empty)
+
+
+def _share(m: float, m_model: float, m_empty: float) -> float:
+    """``(m - m(empty)) / (m(M) - m(empty))``: the share of the behaviour ``m`` retains."""
+    return (m - m_empty) / (m_model - m_empty)
+
+
+def _count(keep: dict[str, tuple[Tensor, Tensor]]) -> int:
+    """Number of kept nodes in per-site masks."""
+    return sum(int(f.sum()) + int(e.sum()) for f, e in keep.values())
 
 
 class Evaluator:
@@ -147,21 +157,24 @@ class Evaluator:
 
     def scores(self, circuit: CircuitLike) -> CircuitScores:
         """Mean metric with the circuit kept and with it ablated, plus m(M) and m(empty)."""
-        nodes = _node_ids(circuit)
-        keep = self._masks(nodes, complement=False)
+        kept = self._kept(_node_ids(circuit))
+        keep = self._with_policy(kept, complement=False)
         return CircuitScores(
             m_model=self.m_model,
             m_empty=self.m_empty,
             m_circuit=self._mean_metric(keep),
-            m_complement=self._mean_metric(self._masks(nodes, complement=True)),
-            n_nodes=self.count_nodes(nodes),
+            m_complement=self._mean_metric(self._with_policy(kept, complement=True)),
+            n_nodes=_count(keep),
         )
+
+    def score(self, circuit: CircuitLike, complement: bool = False) -> float:
+        """Faithfulness of ``circuit`` (of its complement, if ``complement``)."""
+        return _share(self.metric_with(circuit, complement), self.m_model, self.m_empty)
 
     def count_nodes(self, circuit: CircuitLike) -> int:
         """Nodes of ``circuit`` at the evaluated sites (from ``start_layer`` on), counted under
         the error policy (removed errors do not count)."""
-        keep = self._masks(_node_ids(circuit), complement=False)
-        return sum(int(f.sum()) + int(e.sum()) for f, e in keep.values())
+        return _count(self._masks(_node_ids(circuit), complement=False))
 
     def metric_with(self, circuit: CircuitLike, complement: bool = False) -> float:
         """Mean metric with every node outside ``circuit`` (inside, if ``complement``) ablated."""
@@ -170,6 +183,10 @@ class Evaluator:
     def _masks(self, nodes: Sequence[str], complement: bool) -> dict[str, tuple[Tensor, Tensor]]:
         """Per evaluated site, boolean keep-masks for features ``[pos, d_sae]`` and errors
         ``[pos]`` (``[1, ...]`` when summed over positions: one mask for every position)."""
+        return self._with_policy(self._kept(nodes), complement)
+
+    def _kept(self, nodes: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
+        """The circuit's own nodes as masks (as ``_masks``, before complement and policy)."""
         n_pos = self.tokens.n_pos if self.templatic else 1
         device = self.model.cfg.device
         keep = {
@@ -189,16 +206,23 @@ class Evaluator:
                 keep[hook][1][where] = True
             else:
                 keep[hook][0][where, feature] = True
+        return keep
+
+    def _with_policy(
+        self, kept: dict[str, tuple[Tensor, Tensor]], complement: bool
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """``kept`` (or its complement) with the error policy applied, as new masks."""
+        out = {}
         for site in self.sites:
-            f, e = keep[site.hook_name]
+            f, e = kept[site.hook_name]
             if complement:
                 f, e = ~f, ~e
             if self.errors == "remove" or (
                 self.errors == "remove_attn_mlp" and site.component in ("attn_out", "mlp_out")
             ):
                 e = torch.zeros_like(e)
-            keep[site.hook_name] = (f, e)
-        return keep
+            out[site.hook_name] = (f, e)
+        return out
 
     @torch.no_grad()
     def _mean_metric(self, keep: dict[str, tuple[Tensor, Tensor]] | None) -> float:
@@ -324,8 +348,7 @@ def faithfulness(
         batch_size=batch_size,
         progress=progress,
     )
-    ev = _evaluator(model, saes, circuit, data, aggregation, **options)
-    return (ev.metric_with(circuit) - ev.m_empty) / (ev.m_model - ev.m_empty)
+    return _evaluator(model, saes, circuit, data, aggregation, **options).score(circuit)
 
 
 def completeness(
@@ -353,7 +376,7 @@ def completeness(
         progress=progress,
     )
     ev = _evaluator(model, saes, circuit, data, aggregation, **options)
-    return (ev.metric_with(circuit, complement=True) - ev.m_empty) / (ev.m_model - ev.m_empty)
+    return ev.score(circuit, complement=True)
 
 
 CURVE_COLUMNS = [
