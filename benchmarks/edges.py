@@ -19,9 +19,10 @@ import torch
 from common import SITES, plain_forward_backward, random_saes
 
 from sfc_plugin import load_model
+from sfc_plugin.attribution import node_effects
+from sfc_plugin.attribution.edges import EdgeAccumulator, batch_edges, kept_nodes
+from sfc_plugin.attribution.run import prepare_run
 from sfc_plugin.datasets import agreement
-from sfc_plugin.edges import EdgeAccumulator, batch_edges, kept_nodes
-from sfc_plugin.effects import node_effects, prepare_run
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ _EXPORTS = {
     "neuron_saes": "sfc_plugin.dictionaries",
     "attach_saes": "sfc_plugin.sites",
     "Site": "sfc_plugin.sites",
-    "node_effects": "sfc_plugin.effects",
-    "NodeEffects": "sfc_plugin.effects",
+    "node_effects": "sfc_plugin.attribution",
+    "NodeEffects": "sfc_plugin.attribution",
     "Dataset": "sfc_plugin.data",
     "read_dataset": "sfc_plugin.data",
-    "edge_effects": "sfc_plugin.edges",
+    "edge_effects": "sfc_plugin.attribution",
     "discover_circuit": "sfc_plugin.circuit",
     "Circuit": "sfc_plugin.circuit",
     "faithfulness": "sfc_plugin.evaluation",
@@ -30,14 +30,14 @@ _EXPORTS = {
     "CircuitScores": "sfc_plugin.evaluation",
     "faithfulness_curve": "sfc_plugin.evaluation",
     "nodes_to_reach": "sfc_plugin.evaluation",
-    "approximation_check": "sfc_plugin.approximation",
-    "plot_faithfulness_curve": "sfc_plugin.plots",
-    "plot_approximation": "sfc_plugin.plots",
-    "circuit_report": "sfc_plugin.report",
-    "feature_dashboard": "sfc_plugin.dashboards",
-    "feature_index": "sfc_plugin.dashboards",
-    "FeatureIndex": "sfc_plugin.dashboards",
-    "Dashboard": "sfc_plugin.dashboards",
+    "approximation_check": "sfc_plugin.attribution",
+    "plot_faithfulness_curve": "sfc_plugin.frontend.plots",
+    "plot_approximation": "sfc_plugin.frontend.plots",
+    "circuit_report": "sfc_plugin.experiments.report",
+    "feature_dashboard": "sfc_plugin.frontend.dashboards",
+    "feature_index": "sfc_plugin.frontend.dashboards",
+    "FeatureIndex": "sfc_plugin.frontend.dashboards",
+    "Dashboard": "sfc_plugin.frontend.dashboards",
 }
 
 _SUBMODULES = ("datasets",)
@@ -45,13 +45,10 @@ _SUBMODULES = ("datasets",)
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 if TYPE_CHECKING:
-    from sfc_plugin.approximation import approximation_check
+    from sfc_plugin.attribution import NodeEffects, approximation_check, edge_effects, node_effects
     from sfc_plugin.circuit import Circuit, discover_circuit
-    from sfc_plugin.dashboards import Dashboard, FeatureIndex, feature_dashboard, feature_index
     from sfc_plugin.data import Dataset, read_dataset
     from sfc_plugin.dictionaries import load_saes, neuron_saes
-    from sfc_plugin.edges import edge_effects
-    from sfc_plugin.effects import NodeEffects, node_effects
     from sfc_plugin.evaluation import (
         CircuitScores,
         circuit_scores,
@@ -60,9 +57,15 @@ if TYPE_CHECKING:
         faithfulness_curve,
         nodes_to_reach,
     )
+    from sfc_plugin.experiments.report import circuit_report
+    from sfc_plugin.frontend.dashboards import (
+        Dashboard,
+        FeatureIndex,
+        feature_dashboard,
+        feature_index,
+    )
+    from sfc_plugin.frontend.plots import plot_approximation, plot_faithfulness_curve
     from sfc_plugin.models import load_model, load_tokenizer
-    from sfc_plugin.plots import plot_approximation, plot_faithfulness_curve
-    from sfc_plugin.report import circuit_report
     from sfc_plugin.sites import Site, attach_saes
 
 

@@ -32,8 +32,9 @@ import pandas as pd
 from sae_lens import SAE
 
 import sfc_plugin
-from sfc_plugin.edges import METRIC_NODE, edge_effects
-from sfc_plugin.effects import Ablation, Aggregation, NodeEffects, node_effects
+from sfc_plugin.attribution import NodeEffects, edge_effects, node_effects
+from sfc_plugin.attribution.run import Ablation, Aggregation
+from sfc_plugin.nodes import METRIC_NODE
 
 SCHEMA = "sfc_plugin.circuit"
 SCHEMA_VERSION = 1
@@ -106,26 +107,26 @@ class Circuit:
     def show(self, **options: Any) -> str:
         """The interactive picture as HTML that Jupyter displays; ``options`` as in
         ``render.render_html`` (``dashboards=``, ``tokens=``, ``max_nodes=``)."""
-        from sfc_plugin.render import CircuitHTML, render_html
+        from sfc_plugin.frontend.render import CircuitHTML, render_html
 
         return CircuitHTML(render_html(self, **options))
 
     def save_html(self, path: str | Path, **options: Any) -> None:
         """Write the interactive picture as a self-contained page (no network needed)."""
-        from sfc_plugin.render import save_html
+        from sfc_plugin.frontend.render import save_html
 
         save_html(self, path, **options)
 
     def save_svg(self, path: str | Path, **options: Any) -> None:
         """Write the picture as a standalone SVG (``tokens=``, ``max_nodes=``)."""
-        from sfc_plugin.render import save_svg
+        from sfc_plugin.frontend.render import save_svg
 
         save_svg(self, path, **options)
 
     def save_png(self, path: str | Path, **options: Any) -> None:
         """Write the picture as a PNG via headless Chromium (``scale=``, ``tokens=``,
         ``max_nodes=``)."""
-        from sfc_plugin.render import save_png
+        from sfc_plugin.frontend.render import save_png
 
         save_png(self, path, **options)
 

@@ -172,7 +172,7 @@ def _run_data(args: argparse.Namespace) -> None:
 
 
 def _run_circuit(args: argparse.Namespace) -> None:
-    from sfc_plugin.report import circuit_report
+    from sfc_plugin.experiments.report import circuit_report
 
     model, saes = _load(args)
     report = circuit_report(

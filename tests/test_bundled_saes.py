@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from sfc_plugin.datasets.text import read_texts
 from sfc_plugin.dictionaries import BUNDLED_DIR, load_saes
-from sfc_plugin.sae_quality import read_texts, sae_quality
+from sfc_plugin.dictionaries.quality import sae_quality
 from sfc_plugin.sites import attach_saes
 
 pytestmark = pytest.mark.real_model

@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 from conftest import make_saes, make_tiny_model
 
+from sfc_plugin.attribution import edge_effects, node_effects
 from sfc_plugin.circuit import Circuit, discover_circuit
-from sfc_plugin.edges import edge_effects
-from sfc_plugin.effects import node_effects
 
 PAIRS = [
     {

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sfc_plugin import corpus
-from sfc_plugin.corpus import (
+from sfc_plugin.datasets.text import SAMPLE
+from sfc_plugin.training import corpus
+from sfc_plugin.training.corpus import (
     MAX_CHARS,
     MIN_CHARS,
     MissingSourceError,
@@ -28,8 +29,6 @@ from sfc_plugin.corpus import (
     rst_labels,
     split_fortunes,
 )
-
-SAMPLE = Path(corpus.__file__).parent / "resources" / "corpus_sample.jsonl"
 
 RST = """\
 .. _tut-intro:

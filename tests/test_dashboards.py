@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import make_random_sae, make_saes, make_tiny_model
 
-from sfc_plugin import dashboards
-from sfc_plugin.dashboards import (
+from sfc_plugin.datasets.text import token_batches
+from sfc_plugin.frontend import dashboards
+from sfc_plugin.frontend.dashboards import (
     EDGES,
     ContextView,
     Dashboard,
@@ -22,7 +23,6 @@ from sfc_plugin.dashboards import (
     index_key,
 )
 from sfc_plugin.models import cache_dir
-from sfc_plugin.sae_quality import token_batches
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog while farmers watch from the hill. "

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import make_saes, make_tiny_model
 
+from sfc_plugin.attribution import node_effects
 from sfc_plugin.data import read_dataset, tokenize
-from sfc_plugin.effects import node_effects
 
 PAIRS = [
     {

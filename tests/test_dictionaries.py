@@ -26,14 +26,14 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-import sfc_plugin.dictionaries as dictionaries
+import sfc_plugin.dictionaries.loading as dictionaries
 from sfc_plugin.dictionaries import (
-    hook_sort_key,
     load_saes,
     register_release,
     registered_releases,
     unregister_release,
 )
+from sfc_plugin.sites import hook_sort_key
 
 D_IN = 32
 D_SAE = 64

@@ -27,8 +27,7 @@ import torch
 from conftest import make_saes, make_tiny_model
 from torch.autograd.functional import jacobian
 
-from sfc_plugin.edges import edge_effects
-from sfc_plugin.effects import node_effects
+from sfc_plugin.attribution import edge_effects, node_effects
 
 D_SAE = 16
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import make_saes, make_tiny_model
 
-from sfc_plugin.effects import node_effects
+from sfc_plugin.attribution import node_effects
 
 D_SAE = 16
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import make_saes, make_tiny_model, standard_hooks
 
+from sfc_plugin.attribution import node_effects
 from sfc_plugin.datasets import agreement
 from sfc_plugin.dictionaries import neuron_saes
-from sfc_plugin.effects import node_effects
 from sfc_plugin.evaluation import Evaluator, circuit_scores, completeness, faithfulness
 from sfc_plugin.sites import attach_saes
 
@@ -280,8 +280,8 @@ def test_faithfulness_curve_rows_equal_single_evaluations(tokenizer, pairs):
 
 
 def test_approximation_check_against_node_effects_and_plots(tokenizer, pairs, tmp_path):
-    from sfc_plugin.approximation import approximation_check
-    from sfc_plugin.plots import plot_approximation, plot_faithfulness_curve
+    from sfc_plugin.attribution import approximation_check
+    from sfc_plugin.frontend.plots import plot_approximation, plot_faithfulness_curve
 
     model, saes = _setup("parallel", tokenizer)
     data = pairs[:4]

@@ -18,11 +18,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sfc_plugin import models
 from sfc_plugin.models import (
     EMBEDDED_MODEL,
     EmbeddedModelNotInstalledError,
+    cache,
     cache_dir,
+    embedded,
     embedded_gguf_path,
     is_embedded_model,
     load_model,
@@ -95,7 +96,7 @@ def test_other_names_go_to_from_pretrained(monkeypatch, device):
         calls.append((args, kwargs))
         return _FakeModel()
 
-    monkeypatch.setattr(models.HookedSAETransformer, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(embedded.HookedSAETransformer, "from_pretrained", fake_from_pretrained)
     model = load_model(
         "pythia-70m-deduped", device=device, dtype=torch.bfloat16, fold_ln=False, n_ctx=128
     )
@@ -165,13 +166,13 @@ def _write_files(tmp: Path) -> None:
 
 def test_cache_entry_build_and_reuse(tmp_path):
     final = tmp_path / "root" / "entry"
-    assert models._ensure_cache_entry(final, META, _write_files) == final
+    assert cache.ensure_cache_entry(final, META, _write_files) == final
     assert (final / "a.txt").read_text() == "complete"
 
     def must_not_run(tmp):
         raise AssertionError("a valid entry was rebuilt")
 
-    models._ensure_cache_entry(final, META, must_not_run)
+    cache.ensure_cache_entry(final, META, must_not_run)
     assert sorted(p.name for p in final.parent.iterdir()) == ["entry"]  # no temp dirs left
 
 
@@ -183,10 +184,10 @@ def test_cache_entry_interrupted_build_leaves_nothing(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        models._ensure_cache_entry(final, META, interrupted)
+        cache.ensure_cache_entry(final, META, interrupted)
     assert not final.exists()
     assert list(tmp_path.iterdir()) == []
-    models._ensure_cache_entry(final, META, _write_files)
+    cache.ensure_cache_entry(final, META, _write_files)
     assert (final / "a.txt").read_text() == "complete"
 
 
@@ -196,22 +197,22 @@ def test_cache_entry_ignores_half_written_and_replaces_invalid(tmp_path):
     half = tmp_path / ".entry.tmp-killed"
     half.mkdir()
     (half / "a.txt").write_text("half")
-    models._ensure_cache_entry(final, META, _write_files)
+    cache.ensure_cache_entry(final, META, _write_files)
     assert (final / "a.txt").read_text() == "complete"
     assert half.exists()  # recent: possibly another process's build in progress, left alone
 
     # An entry with no (or outdated) metadata is rebuilt.
-    (final / models._META_FILE).unlink()
+    (final / cache.META_FILE).unlink()
     (final / "a.txt").write_text("junk")
-    models._ensure_cache_entry(final, META, _write_files)
+    cache.ensure_cache_entry(final, META, _write_files)
     assert (final / "a.txt").read_text() == "complete"
-    models._ensure_cache_entry(final, {**META, "format": 2}, _write_files)
-    assert json.loads((final / models._META_FILE).read_text())["format"] == 2
+    cache.ensure_cache_entry(final, {**META, "format": 2}, _write_files)
+    assert json.loads((final / cache.META_FILE).read_text())["format"] == 2
 
     # Temp dirs older than an hour are removed at the next build.
     old = time.time() - 2 * 3600
     os.utime(half, (old, old))
-    models._ensure_cache_entry(tmp_path / "entry", {**META, "format": 3}, _write_files)
+    cache.ensure_cache_entry(tmp_path / "entry", {**META, "format": 3}, _write_files)
     assert not half.exists()
 
 
@@ -296,14 +297,14 @@ def test_cached_load_reads_the_cache_and_is_identical(real_model, monkeypatch):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the cached load rebuilt the weights")
 
-    monkeypatch.setattr(models, "_build_weights", no_rebuild)
+    monkeypatch.setattr(embedded, "_build_weights", no_rebuild)
     again = load_model("SmolLM2-135M-Instruct", device="cpu")
 
     tokens = real_model.to_tokens(PROMPTS[0])
     with torch.no_grad():
         assert torch.equal(again(tokens), real_model(tokens))
 
-    fmt = models._CACHE_FORMAT
+    fmt = embedded._CACHE_FORMAT
     root = cache_dir() / EMBEDDED_MODEL
     assert sorted(p.name for p in root.iterdir()) == [f"tokenizer-v{fmt}", f"weights-v{fmt}-folded"]
     weights = root / f"weights-v{fmt}-folded"
@@ -326,17 +327,17 @@ def test_half_written_cache_does_not_break_loading(real_model, monkeypatch, tmp_
     To avoid a second ~25 s dequantization, the weights "build" copies the session's finished
     entry. The tokenizer is really rebuilt from the GGUF.
     """
-    session_weights = models._weights_dir(fold_ln=True)
+    session_weights = embedded._weights_dir(fold_ln=True)
     tok_dir, weights_dir = (
-        f"tokenizer-v{models._CACHE_FORMAT}",
-        f"weights-v{models._CACHE_FORMAT}-folded",
+        f"tokenizer-v{embedded._CACHE_FORMAT}",
+        f"weights-v{embedded._CACHE_FORMAT}-folded",
     )
 
     def copy_build(tmp, gguf, fold_ln):
         for name in ("config.json", "model.safetensors"):
             shutil.copy(session_weights / name, tmp / name)
 
-    monkeypatch.setattr(models, "_build_weights", copy_build)
+    monkeypatch.setattr(embedded, "_build_weights", copy_build)
     monkeypatch.setenv("SFC_PLUGIN_CACHE", str(tmp_path))
     root = tmp_path / EMBEDDED_MODEL
     leftovers = [root / f".{tok_dir}.tmp-killed", root / f".{weights_dir}.tmp-killed"]

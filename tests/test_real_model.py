@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sfc_plugin.attribution import node_effects
 from sfc_plugin.datasets import agreement
 from sfc_plugin.dictionaries import load_saes
-from sfc_plugin.effects import node_effects
 from sfc_plugin.sites import attach_saes
 
 pytestmark = pytest.mark.real_model

@@ -17,9 +17,8 @@ import pytest
 from conftest import make_saes, make_tiny_model
 
 from sfc_plugin.circuit import EDGE_COLUMNS, NODE_COLUMNS, Circuit, discover_circuit
-from sfc_plugin.dashboards import build_feature_index
-from sfc_plugin.effects import parse_node_id
-from sfc_plugin.render import (
+from sfc_plugin.frontend.dashboards import build_feature_index
+from sfc_plugin.frontend.render import (
     NEGATIVE,
     POSITIVE,
     find_chromium,
@@ -28,6 +27,7 @@ from sfc_plugin.render import (
     render_svg,
     run_chromium,
 )
+from sfc_plugin.nodes import parse_node_id
 
 SVG = "{http://www.w3.org/2000/svg}"
 TOKENS = ["The", " cat", " near", " the", " dog"]

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from sfc_plugin.effects import NodeEffects
-from sfc_plugin.reproduce import END, START, error_share, overlap, write_page
+from sfc_plugin.attribution import NodeEffects
+from sfc_plugin.experiments.reproduce import END, START, error_share, overlap, write_page
 
 
 def test_overlap_counts_shared_nodes():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_random_sae, make_tiny_model
 
-from sfc_plugin.sae_quality import sae_quality, token_batches
+from sfc_plugin.datasets.text import token_batches
+from sfc_plugin.dictionaries.quality import sae_quality
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog while the farmers watch from the hill. " * 3,

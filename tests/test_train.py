@@ -20,7 +20,7 @@ from sae_lens.training._interruption import InterruptedException
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import load_file
 
-from sfc_plugin import train as T
+from sfc_plugin.training import trainer as T
 
 WORDS = (
     "the a one some every small large old new red green quiet loud river city house garden "

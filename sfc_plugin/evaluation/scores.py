@@ -31,8 +31,7 @@ The policy applies after complementing, so ``C`` and its complement are scored a
 Sites in blocks below ``start_layer`` are left untouched (given to the circuit for free);
 the paper evaluates from layer 2 on. Sites outside the blocks (embeddings) count as layer 0.
 
-``faithfulness_curve`` sweeps the node threshold with one set of node effects, for feature
-circuits and for neuron circuits (identity dictionaries at the same hooks, no error nodes).
+Threshold sweeps built on ``Evaluator`` are in ``evaluation.curves``.
 """
 
 from __future__ import annotations
@@ -42,25 +41,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
 import torch
 from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sfc_plugin.attribution.run import Aggregation, check_choice, mean_values
 from sfc_plugin.circuit import Circuit
 from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, tokenize
-from sfc_plugin.dictionaries import neuron_saes
-from sfc_plugin.effects import (
-    Aggregation,
-    NodeEffects,
-    _check_choice,
-    _mean_values,
-    check_node_id,
-    node_effects,
-)
 from sfc_plugin.metrics import Metric, resolve_metric
-from sfc_plugin.sites import Site, compose, encode, make_sites
+from sfc_plugin.nodes import NodeMasks, count_nodes, has_position, node_masks
+from sfc_plugin.sites import Site, WriteFn, compose, encode, make_sites, site_hooks
 
 ErrorPolicy = Literal["keep", "remove", "remove_attn_mlp"]
 EvalAblation = Literal["mean", "zero"]
@@ -96,11 +87,6 @@ def _share(m: float, m_model: float, m_empty: float) -> float:
     return (m - m_empty) / (m_model - m_empty)
 
 
-def _count(keep: dict[str, tuple[Tensor, Tensor]]) -> int:
-    """Number of kept nodes in per-site masks."""
-    return sum(int(f.sum()) + int(e.sum()) for f, e in keep.values())
-
-
 class Evaluator:
     """Scores any number of circuits on one dataset, sharing the tokenization, the ablation
     values, ``m(M)`` and ``m(empty)`` (what a threshold sweep needs).
@@ -123,9 +109,9 @@ class Evaluator:
         batch_size: int = 16,
         progress: bool = True,
     ):
-        _check_choice("ablation", ablation, ("mean", "zero"))
-        _check_choice("errors", errors, ("keep", "remove", "remove_attn_mlp"))
-        _check_choice("aggregation", aggregation, ("templatic", "sum"))
+        check_choice("ablation", ablation, ("mean", "zero"))
+        check_choice("errors", errors, ("keep", "remove", "remove_attn_mlp"))
+        check_choice("aggregation", aggregation, ("templatic", "sum"))
         if not isinstance(start_layer, int) or start_layer < 0:
             raise ValueError(f"start_layer must be a non-negative integer, got {start_layer!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -146,10 +132,10 @@ class Evaluator:
         self.metric: Metric = resolve_metric(metric, dataset.is_pairs)
         batches = self.tokens.batches(batch_size)
         if ablation == "mean":
-            self.ablated = _mean_values(model, self.sites, batches, self.templatic)
+            self.ablated = mean_values(model, self.sites, batches, self.templatic)
         else:
             self.ablated = {
-                s.hook_name: (torch.zeros(1, 1, s.d_sae), torch.zeros(1, 1, s.d_in))
+                s.hook_name: (torch.zeros(1, 1, s.d_sae), torch.zeros(1, 1, s.d_out))
                 for s in self.sites
             }
         self.m_model = self._mean_metric(None)
@@ -164,7 +150,7 @@ class Evaluator:
             m_empty=self.m_empty,
             m_circuit=self._mean_metric(keep),
             m_complement=self._mean_metric(self._with_policy(kept, complement=True)),
-            n_nodes=_count(keep),
+            n_nodes=count_nodes(keep),
         )
 
     def score(self, circuit: CircuitLike, complement: bool = False) -> float:
@@ -174,43 +160,32 @@ class Evaluator:
     def count_nodes(self, circuit: CircuitLike) -> int:
         """Nodes of ``circuit`` at the evaluated sites (from ``start_layer`` on), counted under
         the error policy (removed errors do not count)."""
-        return _count(self._masks(_node_ids(circuit), complement=False))
+        return count_nodes(self._masks(_node_ids(circuit), complement=False))
 
     def metric_with(self, circuit: CircuitLike, complement: bool = False) -> float:
         """Mean metric with every node outside ``circuit`` (inside, if ``complement``) ablated."""
         return self._mean_metric(self._masks(_node_ids(circuit), complement))
 
-    def _masks(self, nodes: Sequence[str], complement: bool) -> dict[str, tuple[Tensor, Tensor]]:
+    def _masks(self, nodes: Sequence[str], complement: bool) -> NodeMasks:
         """Per evaluated site, boolean keep-masks for features ``[pos, d_sae]`` and errors
         ``[pos]`` (``[1, ...]`` when summed over positions: one mask for every position)."""
         return self._with_policy(self._kept(nodes), complement)
 
-    def _kept(self, nodes: Sequence[str]) -> dict[str, tuple[Tensor, Tensor]]:
-        """The circuit's own nodes as masks (as ``_masks``, before complement and policy)."""
-        n_pos = self.tokens.n_pos if self.templatic else 1
-        device = self.model.cfg.device
-        keep = {
-            s.hook_name: (
-                torch.zeros(n_pos, s.d_sae, dtype=torch.bool, device=device),
-                torch.zeros(n_pos, dtype=torch.bool, device=device),
-            )
-            for s in self.sites
-        }
-        by_hook = {s.hook_name: s for s in self.all_sites}
-        for node in nodes:
-            hook, feature, pos = check_node_id(node, by_hook, self.tokens.n_pos, self.templatic)
-            if hook not in keep:  # a site below start_layer: untouched anyway
-                continue
-            where = 0 if pos is None else pos
-            if feature is None:
-                keep[hook][1][where] = True
-            else:
-                keep[hook][0][where, feature] = True
-        return keep
+    def _kept(self, nodes: Sequence[str]) -> NodeMasks:
+        """The circuit's own nodes as masks (as ``_masks``, before complement and policy);
+        ids at sites below ``start_layer`` are checked and skipped (never ablated anyway)."""
+        return node_masks(
+            nodes,
+            self.sites,
+            self.tokens.n_pos,
+            self.templatic,
+            known=self.all_sites,
+            device=self.model.cfg.device,
+        )
 
     def _with_policy(
-        self, kept: dict[str, tuple[Tensor, Tensor]], complement: bool
-    ) -> dict[str, tuple[Tensor, Tensor]]:
+        self, kept: NodeMasks, complement: bool
+    ) -> NodeMasks:
         """``kept`` (or its complement) with the error policy applied, as new masks."""
         out = {}
         for site in self.sites:
@@ -225,9 +200,11 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def _mean_metric(self, keep: dict[str, tuple[Tensor, Tensor]] | None) -> float:
+    def _mean_metric(self, keep: NodeMasks | None) -> float:
         """Mean metric over the data with the given keep-masks (None: the model untouched)."""
-        hooks = [] if keep is None else [(s.hook_name, self._hook(s, keep)) for s in self.sites]
+        hooks = []
+        if keep is not None:
+            hooks = [hook for s in self.sites for hook in site_hooks(s, self._on_write(s, keep))]
         total = 0.0
         n = self.tokens.n_batches(self.batch_size)
         for batch in tqdm(
@@ -245,20 +222,20 @@ class Evaluator:
             logits = self.model(batch.clean_tokens, padding_side="right")
         return self.metric(logits, batch)
 
-    def _hook(self, site: Site, keep: dict[str, tuple[Tensor, Tensor]]):
+    def _on_write(self, site: Site, keep: NodeMasks) -> WriteFn:
         keep_f, keep_e = keep[site.hook_name]
         mean_f, mean_e = self.ablated[site.hook_name]
         n_pos = keep_f.shape[0]
 
-        def hook(x: Tensor, hook) -> Tensor:
-            f, e = encode(site, x)
+        def on_write(x_in: Tensor, x: Tensor) -> Tensor:
+            f, e = encode(site, x_in, x)
             p = x.shape[1] if n_pos > 1 else 1
             m_f, m_e = mean_f[:, :p].to(f), mean_e[:, :p].to(e)
             f = torch.where(keep_f[None, :p], f, m_f)
             e = torch.where(keep_e[None, :p, None], e, m_e)
             return compose(site, f, e, x)
 
-        return hook
+        return on_write
 
 
 def _node_ids(circuit: CircuitLike) -> list[str]:
@@ -277,7 +254,7 @@ def _aggregation(circuit: CircuitLike, aggregation: Aggregation | None) -> Aggre
     if isinstance(circuit, Circuit) and circuit.settings.get("aggregation"):
         return circuit.settings["aggregation"]
     nodes = _node_ids(circuit)
-    return "sum" if nodes and all("@" not in n for n in nodes) else "templatic"
+    return "sum" if nodes and not any(has_position(n) for n in nodes) else "templatic"
 
 
 def _evaluator(model, saes, circuit: CircuitLike, data, aggregation, **options: Any) -> Evaluator:
@@ -379,124 +356,3 @@ def completeness(
     return ev.score(circuit, complement=True)
 
 
-CURVE_COLUMNS = [
-    "kind",
-    "threshold",
-    "nodes",
-    "error_nodes",
-    "faithfulness",
-    "completeness",
-    "m_circuit",
-    "m_complement",
-    "m_model",
-    "m_empty",
-]
-
-
-def default_thresholds(effects: NodeEffects, n: int = 16, decades: float = 4.0) -> list[float]:
-    """``n`` thresholds spaced evenly in log scale from just under the largest ``|effect|``
-    (a one-node circuit) down ``decades`` orders of magnitude."""
-    top = max(
-        max(float(t.abs().max()) for t in effects.features.values()),
-        max(float(t.abs().max()) for t in effects.errors.values()),
-    )
-    if top == 0:
-        return [0.0]
-    return [top * 0.999 * 10 ** (-decades * i / (n - 1)) for i in range(n)]
-
-
-def faithfulness_curve(
-    model,
-    saes: Mapping[str, SAE],
-    data_train: Dataset | str | Path | Sequence[dict[str, Any]],
-    data_test: Dataset | str | Path | Sequence[dict[str, Any]],
-    thresholds: Sequence[float] | None = None,
-    *,
-    neurons: bool = True,
-    method: Literal["exact", "atp", "ig"] = "ig",
-    steps: int = 10,
-    discovery_ablation: Literal["patch", "zero", "mean"] = "patch",
-    ablation: EvalAblation = "mean",
-    start_layer: int = 0,
-    errors: ErrorPolicy = "keep",
-    aggregation: Aggregation = "templatic",
-    metric: Callable | None = None,
-    batch_size: int = 16,
-    effects: Mapping[str, NodeEffects] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Faithfulness and completeness against circuit size, for feature circuits and (with
-    ``neurons``) neuron circuits at the same hooks (``neuron_saes``).
-
-    For each kind, node effects are computed once on ``data_train`` (``method``, ``steps``,
-    ``discovery_ablation``; or taken from ``effects[kind]``), and for each threshold the
-    circuit ``{|effect| > threshold}`` is scored on ``data_test`` (``ablation``,
-    ``start_layer``, ``errors`` as in ``faithfulness``), sharing m(M) and m(empty).
-    ``thresholds``: absolute values, or None for ``default_thresholds`` of each kind (their
-    effect scales differ).
-
-    Returns one row per (kind, threshold): ``CURVE_COLUMNS`` (``nodes`` counts the nodes at
-    evaluated sites, ``error_nodes`` the error nodes among them).
-    """
-    kinds = {"features": saes}
-    if neurons:
-        kinds["neurons"] = neuron_saes(model, saes)
-    rows = []
-    for kind, dictionaries in kinds.items():
-        eff = (effects or {}).get(kind)
-        if eff is None:
-            eff = node_effects(
-                model,
-                dictionaries,
-                data_train,
-                method=method,
-                steps=steps,
-                ablation=discovery_ablation,
-                aggregation=aggregation,
-                metric=metric,
-                batch_size=batch_size,
-                progress=progress,
-            )
-        table = eff.to_frame()
-        ev = Evaluator(
-            model,
-            dictionaries,
-            data_test,
-            aggregation=aggregation,
-            ablation=ablation,
-            start_layer=start_layer,
-            errors=errors,
-            metric=metric,
-            batch_size=batch_size,
-            progress=False,
-        )
-        chosen = default_thresholds(eff) if thresholds is None else list(thresholds)
-        for t in tqdm(chosen, desc=f"faithfulness curve ({kind})", disable=not progress):
-            nodes = list(table.node[table.effect.abs() > t])
-            s = ev.scores(nodes)
-            errs = ev.count_nodes([n for n in nodes if "/err" in n])
-            rows.append(
-                (
-                    kind,
-                    t,
-                    s.n_nodes,
-                    errs,
-                    s.faithfulness,
-                    s.completeness,
-                    s.m_circuit,
-                    s.m_complement,
-                    s.m_model,
-                    s.m_empty,
-                )
-            )
-    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
-
-
-def nodes_to_reach(curve: pd.DataFrame, level: float, column: str = "faithfulness") -> dict:
-    """Per kind, the fewest nodes among the curve's circuits whose ``column`` is at least
-    ``level`` (None if none reaches it)."""
-    out = {}
-    for kind, part in curve.groupby("kind", sort=False):
-        hit = part[part[column] >= level]
-        out[kind] = int(hit.nodes.min()) if len(hit) else None
-    return out

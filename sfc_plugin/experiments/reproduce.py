@@ -31,13 +31,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from sfc_plugin.approximation import approximation_check
+from sfc_plugin.attribution import NodeEffects, approximation_check, node_effects
 from sfc_plugin.datasets import TASKS, agreement
 from sfc_plugin.dictionaries import load_saes, neuron_saes
-from sfc_plugin.effects import NodeEffects, node_effects
 from sfc_plugin.evaluation import Evaluator, default_thresholds, faithfulness_curve
+from sfc_plugin.frontend.plots import plot_approximation, plot_faithfulness_curve
 from sfc_plugin.models import load_model
-from sfc_plugin.plots import plot_approximation, plot_faithfulness_curve
 
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 LEVELS = (0.5, 0.8)

@@ -48,13 +48,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import logging
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +56,11 @@ import torch
 from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformerConfig
 
+from sfc_plugin.models.cache import cache_dir, ensure_cache_entry
+
 __all__ = [
     "EMBEDDED_MODEL",
     "EmbeddedModelNotInstalledError",
-    "cache_dir",
     "default_device",
     "embedded_gguf_path",
     "is_embedded_model",
@@ -89,9 +84,7 @@ _DEFAULT_N_CTX = 2048
 _DEFAULT_PREPEND_BOS = True
 _BOS_TOKEN = "<|endoftext|>"  # the pretraining document separator, id 0
 _CACHE_FORMAT = 2
-_META_FILE = "sfc_cache.json"
 _WEIGHTS_FILE = "model.safetensors"
-_STALE_TMP_SECONDS = 3600.0
 
 
 class EmbeddedModelNotInstalledError(ImportError):
@@ -104,15 +97,6 @@ class EmbeddedModelNotInstalledError(ImportError):
 def is_embedded_model(name: str) -> bool:
     """True if ``name`` refers to the embedded SmolLM2-135M-Instruct model (case-insensitive)."""
     return name.strip().lower() in _EMBEDDED_ALIASES
-
-
-def cache_dir() -> Path:
-    """Root of the on-disk cache: ``$SFC_PLUGIN_CACHE`` if set, else ``~/.cache/sfc_plugin``.
-
-    The environment variable is read on every call, not at import time.
-    """
-    root = os.environ.get("SFC_PLUGIN_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "sfc_plugin"
 
 
 def default_device() -> torch.device:
@@ -171,60 +155,6 @@ def _expected_meta(kind: str, gguf: Path) -> dict[str, Any]:
     }
 
 
-def _is_valid_entry(path: Path, meta: dict[str, Any]) -> bool:
-    try:
-        found = json.loads((path / _META_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return all(found.get(k) == v for k, v in meta.items())
-
-
-def _remove_stale_tmp_dirs(parent: Path, prefix: str) -> None:
-    """Delete temp dirs from builds that were interrupted more than an hour ago."""
-    now = time.time()
-    for path in parent.glob(f"{prefix}*"):
-        try:
-            if path.is_dir() and now - path.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _ensure_cache_entry(final: Path, meta: dict[str, Any], build: Callable[[Path], None]) -> Path:
-    """Make sure the cache directory ``final`` exists and is complete. Build it if needed.
-
-    ``build(tmp)`` writes the files into an empty temporary directory beside ``final``. The
-    metadata file is written last, and then the directory is renamed to ``final``. An
-    interrupted build leaves only a ``.<name>.tmp-*`` directory. Later loads ignore it and
-    delete it once it is stale. If another process finishes first, its entry is used.
-    """
-    if _is_valid_entry(final, meta):
-        return final
-    parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}.tmp-"
-    _remove_stale_tmp_dirs(parent, prefix)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    try:
-        build(tmp)
-        (tmp / _META_FILE).write_text(json.dumps({**meta, "created": time.time()}, indent=1))
-        if final.exists():
-            if _is_valid_entry(final, meta):  # a concurrent build won the race
-                return final
-            # Outdated or foreign entry: move it aside, then swap the new one in.
-            old = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-            os.replace(final, old / "old")
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not _is_valid_entry(final, meta):  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
-    return final
-
-
 # ------------------------------------------------------------------------------ tokenizer
 
 
@@ -239,7 +169,7 @@ def _tokenizer_dir() -> Path:
         tok.bos_token = _BOS_TOKEN
         tok.save_pretrained(str(tmp))
 
-    return _ensure_cache_entry(
+    return ensure_cache_entry(
         _embedded_cache_root() / f"tokenizer-v{_CACHE_FORMAT}",
         _expected_meta("tokenizer", gguf),
         build,
@@ -377,7 +307,7 @@ def _build_weights(tmp: Path, gguf: Path, fold_ln: bool) -> None:
 def _weights_dir(fold_ln: bool) -> Path:
     gguf = embedded_gguf_path()
     variant = "folded" if fold_ln else "unfolded"
-    return _ensure_cache_entry(
+    return ensure_cache_entry(
         _embedded_cache_root() / f"weights-v{_CACHE_FORMAT}-{variant}",
         _expected_meta(f"weights-{variant}", gguf),
         lambda tmp: _build_weights(tmp, gguf, fold_ln),

@@ -21,11 +21,12 @@ from typing import Any, Literal
 import pandas as pd
 from sae_lens import SAE
 
+from sfc_plugin.attribution import node_effects
+from sfc_plugin.attribution.run import Aggregation
 from sfc_plugin.circuit import Circuit, discover_circuit
 from sfc_plugin.data import Dataset, read_dataset
-from sfc_plugin.effects import Aggregation, node_effects
 from sfc_plugin.evaluation import ErrorPolicy, Evaluator, faithfulness_curve, nodes_to_reach
-from sfc_plugin.plots import plot_faithfulness_curve
+from sfc_plugin.frontend.plots import plot_faithfulness_curve
 
 
 @dataclass
@@ -166,7 +167,7 @@ def _img(png: bytes, alt: str) -> str:
 
 def report_html(report: CircuitReport, *, title: str, dashboards: Any = None) -> str:
     """The report page (a whole HTML document)."""
-    from sfc_plugin.render import render_html
+    from sfc_plugin.frontend.render import render_html
 
     c = report.circuit
     s = c.settings

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from sfc_plugin.dashboards import feature_index
 from sfc_plugin.datasets import agreement
 from sfc_plugin.dictionaries import load_saes
+from sfc_plugin.experiments.report import circuit_report
+from sfc_plugin.frontend.dashboards import feature_index
 from sfc_plugin.models import load_model
-from sfc_plugin.report import circuit_report
 from sfc_plugin.sites import attach_saes
 
 

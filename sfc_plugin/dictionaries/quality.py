@@ -17,7 +17,6 @@ when an SAE is spliced in):
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -27,41 +26,8 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sfc_plugin.datasets.text import SAMPLE, read_texts, token_batches
 from sfc_plugin.sites import decode, encode, make_sites
-
-SAMPLE = Path(__file__).parent / "resources" / "corpus_sample.jsonl"
-
-
-def read_texts(path: str | Path = SAMPLE, limit: int | None = None) -> list[str]:
-    """Texts of a ``{"text": ...}`` JSONL file (default: the bundled held-out sample)."""
-    texts = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                texts.append(json.loads(line)["text"])
-            if limit is not None and len(texts) >= limit:
-                break
-    return texts
-
-
-def token_batches(
-    model, texts: Iterable[str], context: int = 128, batch_size: int = 16
-) -> Iterable[Tensor]:
-    """Texts tokenized with the model's defaults, cut into ``context``-token rows (each row
-    starts with the model's BOS if it prepends one), batched."""
-    rows = []
-    for text in texts:
-        tokens = model.to_tokens(text, truncate=False)[0]
-        bos = tokens[:1] if model.cfg.default_prepend_bos else tokens[:0]
-        body = tokens[len(bos) :]
-        step = context - len(bos)
-        for start in range(0, len(body) - step + 1, step):
-            rows.append(torch.cat([bos, body[start : start + step]]))
-            if len(rows) == batch_size:
-                yield torch.stack(rows)
-                rows = []
-    if rows:
-        yield torch.stack(rows)
 
 
 @torch.no_grad()

@@ -15,8 +15,10 @@ from typing import Any
 import pandas as pd
 from sae_lens import SAE
 
+from sfc_plugin.attribution.effects import NodeEffects, node_effects
+from sfc_plugin.attribution.run import Ablation, Aggregation
 from sfc_plugin.data import Dataset
-from sfc_plugin.effects import Ablation, Aggregation, NodeEffects, node_effects, parse_node_id
+from sfc_plugin.nodes import parse_node_id
 
 APPROXIMATION_COLUMNS = [
     "node",

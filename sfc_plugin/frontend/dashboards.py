@@ -57,15 +57,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
-from sfc_plugin.effects import node_id
-from sfc_plugin.models import (
-    EMBEDDED_MODEL,
-    _ensure_cache_entry,
-    cache_dir,
-    is_embedded_model,
-    load_model,
-)
-from sfc_plugin.sae_quality import SAMPLE, read_texts, token_batches
+from sfc_plugin.datasets.text import SAMPLE, read_texts, token_batches
+from sfc_plugin.models import EMBEDDED_MODEL, is_embedded_model, load_model
+from sfc_plugin.models.cache import cache_dir, ensure_cache_entry
+from sfc_plugin.nodes import node_id
 from sfc_plugin.sites import Site, encode, hook_sort_key, make_sites
 
 __all__ = [
@@ -564,7 +559,7 @@ def feature_index(
         index.meta.update(model=name, sample=str(sample), context=context, max_tokens=max_tokens)
         index.save(tmp)
 
-    path = _ensure_cache_entry(
+    path = ensure_cache_entry(
         cache_dir() / "dashboards" / key, {"format": _FORMAT, "key": key}, build
     )
     return FeatureIndex.load(path)

@@ -45,21 +45,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from sfc_plugin.attribution.effects import NodeEffects
+from sfc_plugin.attribution.run import Ablation, Aggregation, EffectsRun, SiteTerms, prepare_run
 from sfc_plugin.data import Batch
-from sfc_plugin.effects import (
-    Ablation,
-    Aggregation,
-    EffectsRun,
-    NodeEffects,
-    SiteTerms,
-    check_node_id,
-    node_id,
-    prepare_run,
-)
-from sfc_plugin.sites import Site, compose, encode
-
-METRIC_NODE = "metric"
-"""Node id of the metric, the sink of the graph."""
+from sfc_plugin.nodes import METRIC_NODE, check_node_id, node_id
+from sfc_plugin.sites import Site, WriteFn, compose, encode, site_hooks
 
 
 @dataclass
@@ -179,14 +169,15 @@ def batch_edges(
     }
     down: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def hook_for(site: Site):
-        def hook(x: Tensor, hook) -> Tensor:
-            down[site.hook_name] = encode(site, x, grad=True)
+    def on_write(site: Site) -> WriteFn:
+        def write(x_in: Tensor, x: Tensor) -> Tensor:
+            down[site.hook_name] = encode(site, x_in, x, grad=True)
             return compose(site, *leaves[site.hook_name], x)
 
-        return hook
+        return write
 
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(s.hook_name, hook_for(s)) for s in sites]):
+    hooks = [hook for s in sites for hook in site_hooks(s, on_write(s))]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         m = run.metric(model(batch.clean_tokens, padding_side="right"), batch)
     chunk = max(1, run.max_rows // len(batch))
     for i, site in enumerate(sites):

@@ -12,9 +12,6 @@
   a directory whose immediate subdirectories are such directories, or a list of either;
 * SAE objects: one ``SAE``, a list of them, or a dict ``hook_name -> SAE``.
 
-:func:`neuron_saes` builds identity dictionaries at the same hooks: neurons as nodes, the
-paper's baseline.
-
 Bundled releases are plain directories of ``SAE.save_model`` subdirectories, one per SAE id
 (the id is the subdirectory name); they load offline and take precedence over SAELens' names.
 """
@@ -29,16 +26,12 @@ from pathlib import Path
 import torch
 from sae_lens import SAE
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
-from sae_lens.saes.sae import SAEMetadata
-from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from sae_lens.util import dtype_to_str, str_to_dtype
 
 from sfc_plugin.sites import hook_sort_key
 
 __all__ = [
-    "NeuronDictionary",
     "load_saes",
-    "neuron_saes",
     "register_release",
     "registered_releases",
     "unregister_release",
@@ -75,7 +68,7 @@ def registered_releases() -> dict[str, Path]:
     return dict(_BUNDLED_RELEASES)
 
 
-BUNDLED_DIR = Path(__file__).parent / "resources" / "saes"
+BUNDLED_DIR = Path(__file__).parents[1] / "resources" / "saes"
 """Releases shipped inside the package: one subdirectory per release name."""
 
 for _release in sorted(BUNDLED_DIR.iterdir()) if BUNDLED_DIR.is_dir() else []:
@@ -312,71 +305,3 @@ def load_saes(
             )
         by_hook[hook] = (origin, sae)
     return {hook: by_hook[hook][1] for hook in sorted(by_hook, key=hook_sort_key)}
-
-
-# --------------------------------------------------------------------------- neurons
-
-
-class NeuronDictionary(StandardSAE):
-    """The identity dictionary at one hook: its features are the hook's coordinates
-    ("neurons"), ``encode(x) = x`` and ``decode(f) = f``, so the error is exactly zero.
-
-    With these in place of SAEs every part of the method (effects, circuits, edges,
-    evaluation) runs on neurons, the paper's baseline. ``W_enc`` and ``W_dec`` are identity
-    matrices for code that reads them (dashboards' output tokens)."""
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        return feature_acts
-
-
-def neuron_saes(model, hooks: Iterable[str] | Mapping[str, SAE]) -> dict[str, SAE]:
-    """Identity dictionaries (``NeuronDictionary``) at ``hooks``: hook names, or the dict of
-    SAEs whose hook points to mirror (``neuron_saes(model, saes)``). Each has ``d_sae =
-    d_in``, the hook's width per position (heads x d_head at ``hook_z``)."""
-    names = list(hooks)
-    if not names:
-        raise ValueError("no hooks given for neuron dictionaries")
-    out = {}
-    for name in sorted(names, key=hook_sort_key):
-        if name not in model.hook_dict:
-            raise ValueError(f"{name!r} is not a hook point of this model")
-        width = _hook_width(model, name)
-        cfg = StandardSAEConfig(
-            d_in=width,
-            d_sae=width,
-            dtype=dtype_to_str(model.cfg.dtype),
-            device=str(model.cfg.device),
-            metadata=SAEMetadata(hook_name=name, release="neurons", sae_id=name),
-        )
-        sae = NeuronDictionary(cfg)
-        with torch.no_grad():
-            eye = torch.eye(width, dtype=sae.W_enc.dtype, device=sae.W_enc.device)
-            sae.W_enc.copy_(eye)
-            sae.W_dec.copy_(eye)
-            sae.b_enc.zero_()
-            sae.b_dec.zero_()
-        out[name] = sae
-    return out
-
-
-def _hook_width(model, hook_name: str) -> int:
-    """Activation width per position at ``hook_name``, from one forward on one token."""
-    seen: list[int] = []
-
-    def grab(x: torch.Tensor, hook) -> None:
-        seen.append(x[0, 0].numel())
-
-    tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, grab)]):
-        model(tokens, stop_at_layer=_stop_layer(hook_name, model.cfg.n_layers))
-    return seen[0]
-
-
-def _stop_layer(hook_name: str, n_layers: int) -> int | None:
-    parts = hook_name.split(".")
-    if parts[0] == "blocks" and int(parts[1]) + 1 < n_layers:
-        return int(parts[1]) + 1
-    return None

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pandas as pd
 
-from sfc_plugin.edges import METRIC_NODE
+from sfc_plugin.nodes import METRIC_NODE
 from sfc_plugin.sites import hook_sort_key
 
 if TYPE_CHECKING:
@@ -572,7 +572,7 @@ def render_html(
     )
     bundle = ""
     if any("CircuitsVis." in info for info in infos):
-        from sfc_plugin.dashboards import circuitsvis_script
+        from sfc_plugin.frontend.dashboards import circuitsvis_script
 
         bundle = circuitsvis_script()
     body = (

@@ -1,0 +1,21 @@
+"""Dictionaries: loading SAEs by release name, path, bundle or object (``loading``), identity
+dictionaries for neuron circuits (``neurons``) and quality on held-out text (``quality``)."""
+
+from sfc_plugin.dictionaries.loading import (
+    BUNDLED_DIR,
+    load_saes,
+    register_release,
+    registered_releases,
+    unregister_release,
+)
+from sfc_plugin.dictionaries.neurons import NeuronDictionary, neuron_saes
+
+__all__ = [
+    "BUNDLED_DIR",
+    "NeuronDictionary",
+    "load_saes",
+    "neuron_saes",
+    "register_release",
+    "registered_releases",
+    "unregister_release",
+]

@@ -1,0 +1,32 @@
+"""Evaluation of circuits: faithfulness and completeness (``scores``) and their curves
+against circuit size (``curves``)."""
+
+from sfc_plugin.evaluation.curves import (
+    CURVE_COLUMNS,
+    default_thresholds,
+    faithfulness_curve,
+    nodes_to_reach,
+)
+from sfc_plugin.evaluation.scores import (
+    CircuitScores,
+    ErrorPolicy,
+    EvalAblation,
+    Evaluator,
+    circuit_scores,
+    completeness,
+    faithfulness,
+)
+
+__all__ = [
+    "CURVE_COLUMNS",
+    "CircuitScores",
+    "ErrorPolicy",
+    "EvalAblation",
+    "Evaluator",
+    "circuit_scores",
+    "completeness",
+    "default_thresholds",
+    "faithfulness",
+    "faithfulness_curve",
+    "nodes_to_reach",
+]

@@ -1,0 +1,143 @@
+"""Faithfulness and completeness against circuit size (METHOD.md section 5): one set of node
+effects per kind, circuits ``{|effect| > threshold}`` scored by one ``Evaluator``, for feature
+circuits and for neuron circuits (identity dictionaries at the same hooks, no error nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from sae_lens import SAE
+from tqdm.auto import tqdm
+
+from sfc_plugin.attribution.effects import NodeEffects, node_effects
+from sfc_plugin.attribution.run import Aggregation
+from sfc_plugin.data import Dataset
+from sfc_plugin.dictionaries.neurons import neuron_saes
+from sfc_plugin.evaluation.scores import ErrorPolicy, EvalAblation, Evaluator
+from sfc_plugin.nodes import is_error
+
+CURVE_COLUMNS = [
+    "kind",
+    "threshold",
+    "nodes",
+    "error_nodes",
+    "faithfulness",
+    "completeness",
+    "m_circuit",
+    "m_complement",
+    "m_model",
+    "m_empty",
+]
+
+
+def default_thresholds(effects: NodeEffects, n: int = 16, decades: float = 4.0) -> list[float]:
+    """``n`` thresholds spaced evenly in log scale from just under the largest ``|effect|``
+    (a one-node circuit) down ``decades`` orders of magnitude."""
+    top = max(
+        max(float(t.abs().max()) for t in effects.features.values()),
+        max(float(t.abs().max()) for t in effects.errors.values()),
+    )
+    if top == 0:
+        return [0.0]
+    return [top * 0.999 * 10 ** (-decades * i / (n - 1)) for i in range(n)]
+
+
+def faithfulness_curve(
+    model,
+    saes: Mapping[str, SAE],
+    data_train: Dataset | str | Path | Sequence[dict[str, Any]],
+    data_test: Dataset | str | Path | Sequence[dict[str, Any]],
+    thresholds: Sequence[float] | None = None,
+    *,
+    neurons: bool = True,
+    method: Literal["exact", "atp", "ig"] = "ig",
+    steps: int = 10,
+    discovery_ablation: Literal["patch", "zero", "mean"] = "patch",
+    ablation: EvalAblation = "mean",
+    start_layer: int = 0,
+    errors: ErrorPolicy = "keep",
+    aggregation: Aggregation = "templatic",
+    metric: Callable | None = None,
+    batch_size: int = 16,
+    effects: Mapping[str, NodeEffects] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Faithfulness and completeness against circuit size, for feature circuits and (with
+    ``neurons``) neuron circuits at the same hooks (``neuron_saes``).
+
+    For each kind, node effects are computed once on ``data_train`` (``method``, ``steps``,
+    ``discovery_ablation``; or taken from ``effects[kind]``), and for each threshold the
+    circuit ``{|effect| > threshold}`` is scored on ``data_test`` (``ablation``,
+    ``start_layer``, ``errors`` as in ``faithfulness``), sharing m(M) and m(empty).
+    ``thresholds``: absolute values, or None for ``default_thresholds`` of each kind (their
+    effect scales differ).
+
+    Returns one row per (kind, threshold): ``CURVE_COLUMNS`` (``nodes`` counts the nodes at
+    evaluated sites, ``error_nodes`` the error nodes among them).
+    """
+    kinds = {"features": saes}
+    if neurons:
+        kinds["neurons"] = neuron_saes(model, saes)
+    rows = []
+    for kind, dictionaries in kinds.items():
+        eff = (effects or {}).get(kind)
+        if eff is None:
+            eff = node_effects(
+                model,
+                dictionaries,
+                data_train,
+                method=method,
+                steps=steps,
+                ablation=discovery_ablation,
+                aggregation=aggregation,
+                metric=metric,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        table = eff.to_frame()
+        ev = Evaluator(
+            model,
+            dictionaries,
+            data_test,
+            aggregation=aggregation,
+            ablation=ablation,
+            start_layer=start_layer,
+            errors=errors,
+            metric=metric,
+            batch_size=batch_size,
+            progress=False,
+        )
+        chosen = default_thresholds(eff) if thresholds is None else list(thresholds)
+        for t in tqdm(chosen, desc=f"faithfulness curve ({kind})", disable=not progress):
+            nodes = list(table.node[table.effect.abs() > t])
+            s = ev.scores(nodes)
+            errs = ev.count_nodes([n for n in nodes if is_error(n)])
+            rows.append(
+                (
+                    kind,
+                    t,
+                    s.n_nodes,
+                    errs,
+                    s.faithfulness,
+                    s.completeness,
+                    s.m_circuit,
+                    s.m_complement,
+                    s.m_model,
+                    s.m_empty,
+                )
+            )
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def nodes_to_reach(curve: pd.DataFrame, level: float, column: str = "faithfulness") -> dict:
+    """Per kind, the fewest nodes among the curve's circuits whose ``column`` is at least
+    ``level`` (None if none reaches it)."""
+    out = {}
+    for kind, part in curve.groupby("kind", sort=False):
+        hit = part[part[column] >= level]
+        out[kind] = int(hit.nodes.min()) if len(hit) else None
+    return out

@@ -1,0 +1,1 @@
+"""Runs that combine the library: the demo, the agreement reproduction and the one-page circuit report."""

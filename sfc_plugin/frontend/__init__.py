@@ -1,0 +1,1 @@
+"""Pages: circuit layout and pictures (SVG, HTML, PNG), feature dashboards and figures."""
