@@ -1,1 +1,2 @@
-"""Runs that combine the library: the demo, the agreement reproduction and the one-page circuit report."""
+"""Runs that combine the library: the demo, the agreement reproduction and the
+one-page circuit report."""

@@ -1,1 +1,2 @@
-"""Making dictionaries: the offline training corpus, the SAE trainer (SAELens' multi-SAE runner) and bundling a release into the package."""
+"""Making dictionaries: the offline training corpus, the SAE trainer (SAELens'
+multi-SAE runner) and bundling a release into the package."""
