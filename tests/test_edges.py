@@ -22,10 +22,25 @@ position ``p`` of site ``U``, or the error vector there) and a downstream node `
 
 from __future__ import annotations
 
+import ground_truth
 import pytest
 import torch
 from conftest import make_saes, make_tiny_model
-from torch.autograd.functional import jacobian
+from ground_truth import (
+    assert_nonvacuous,
+    check_edges,
+    contract,
+    down_edge,
+    frame_dict,
+    jac,
+    jacobian_truth,
+    make_fn,
+    nid,
+    node_delta,
+    node_out,
+    node_value,
+    vjp_truth,
+)
 
 from sfc_plugin.attribution import edge_effects, node_effects
 
@@ -92,357 +107,28 @@ def setup(tokenizer):
     _MODELS.clear()
 
 
-# ----------------------------------------------------------------------------------------------
-# Ground-truth machinery (plain TL hooks, SAE encode/decode, autograd)
-# ----------------------------------------------------------------------------------------------
-
-
-def _answer_id(model, text):
-    ids = model.to_tokens(text, prepend_bos=False)[0]
-    assert len(ids) == 1, f"answer {text!r} is not one token"
-    return int(ids[0])
-
-
-def _pair_tokens(model, rows=PAIR_ROWS):
-    """clean [B,P], patch [B,P], clean answers [B], patch answers [B]; all prefixes equal length."""
-    clean = [model.to_tokens(r["clean_prefix"])[0] for r in rows]
-    patch = [model.to_tokens(r["patch_prefix"])[0] for r in rows]
-    assert len({len(t) for t in clean + patch}) == 1, "pairs must all have one token length"
-    assert len(clean[0]) == 5
-    ca = torch.tensor([_answer_id(model, r["clean_answer"]) for r in rows])
-    pa = torch.tensor([_answer_id(model, r["patch_answer"]) for r in rows])
-    assert (ca != pa).all()
-    return torch.stack(clean), torch.stack(patch), ca, pa
-
-
-def _logit_diff(ca, pa):
-    """Default pair metric: logit(patch answer) - logit(clean answer) at the last position."""
-
-    def metric(logits):
-        last = logits[:, -1]
-        return last.gather(1, pa[:, None])[:, 0] - last.gather(1, ca[:, None])[:, 0]
-
-    return metric
-
-
-def _answer_logprob(ans):
-    """Default single-input metric (unpadded row): log p(answer) at the last position."""
-
-    def metric(logits):
-        return logits[:, -1].log_softmax(-1).gather(1, ans[:, None])[:, 0]
-
-    return metric
-
-
-@torch.no_grad()
-def site_values(model, saes, tokens):
-    """hook -> (f, eps) of the unmodified model on `tokens` (every hook of `saes`)."""
-    _, cache = model.run_with_cache(tokens, names_filter=list(saes))
-    out = {}
-    for h in saes:
-        f = saes[h].encode(cache[h])
-        out[h] = (f, cache[h] - saes[h].decode(f))
-    return out
-
-
-class Example:
-    """One example: tokens [1, P], its metric, clean and ablated node values [1, P, .] at the
-    sites `saes` (a dict in forward order)."""
-
-    def __init__(self, model, saes, tokens, metric, ablated=None):
-        self.model, self.saes, self.tokens, self.metric = model, saes, tokens, metric
-        self.sites = list(saes)
-        self.clean = site_values(model, saes, tokens)
-        if ablated is None:  # zero ablation
-            ablated = {
-                h: (torch.zeros_like(f), torch.zeros_like(e)) for h, (f, e) in self.clean.items()
-            }
-        self.ablated = ablated
-
-    def clean_out(self, h):
-        f, e = self.clean[h]
-        return self.saes[h].decode(f) + e
-
-    def site_grads(self, h, alpha=0.0):
-        """dm/df [P, S], dm/deps [P, d] at site h, only h's output replaced by decode(f) + eps
-        with f, eps at (1 - alpha) clean + alpha ablated (other sites unmodified)."""
-        (fc, ec), (fa, ea) = self.clean[h], self.ablated[h]
-        f = ((1 - alpha) * fc + alpha * fa).requires_grad_(True)
-        e = ((1 - alpha) * ec + alpha * ea).requires_grad_(True)
-        hook = (h, lambda act, hook: self.saes[h].decode(f) + e)
-        with torch.enable_grad(), self.model.hooks(fwd_hooks=[hook]):
-            m = self.metric(self.model(self.tokens)).sum()
-        gf, ge = torch.autograd.grad(m, [f, e])
-        return gf[0], ge[0]
-
-    def down_grads(self, method, steps=None):
-        """hook -> grad_d m of all nodes of the site: clean point (AtP), or the mean over
-        k = 0..N-1 of the gradient at (1 - k/N) clean + (k/N) ablated (IG)."""
-        out = {}
-        for h in self.sites:
-            if method == "atp":
-                out[h] = self.site_grads(h)
-            else:
-                gs = [self.site_grads(h, k / steps) for k in range(steps)]
-                out[h] = (sum(g[0] for g in gs) / steps, sum(g[1] for g in gs) / steps)
-        return out
-
-
 def pair_examples(model, saes, rows=PAIR_ROWS):
-    clean, patch, ca, pa = _pair_tokens(model, rows)
-    out = []
-    for b in range(len(rows)):
-        ablated = site_values(model, saes, patch[b : b + 1])
-        metric = _logit_diff(ca[b : b + 1], pa[b : b + 1])
-        out.append(Example(model, saes, clean[b : b + 1], metric, ablated))
-    return out
+    examples = ground_truth.pair_examples(model, saes, rows)
+    assert examples[0].tokens.shape[1] == 5
+    return examples
 
 
 def single_examples(model, saes, rows=SINGLE_ROWS):
-    """Single inputs, each run unpadded on its own; zero ablation."""
-    toks = [model.to_tokens(r["prefix"]) for r in rows]
-    assert len({t.shape[1] for t in toks}) == len(rows), "rows should differ in length"
-    answers = [torch.tensor([_answer_id(model, r["answer"])]) for r in rows]
-    return [Example(model, saes, t, _answer_logprob(a)) for t, a in zip(toks, answers)]
-
-
-# Nodes are (hook, pos, feature) with feature None for the error and pos None under "sum".
-
-
-def nid(node) -> str:
-    h, pos, feat = node
-    return f"{h}/{'err' if feat is None else f'f{feat}'}" + ("" if pos is None else f"@{pos}")
-
-
-def _index(pos, feat):
-    return (0, slice(None) if pos is None else pos) + (() if feat is None else (feat,))
-
-
-def node_value(ex, node, which="clean"):
-    h, pos, feat = node
-    f, e = (ex.clean if which == "clean" else ex.ablated)[h]
-    return (e if feat is None else f)[_index(pos, feat)].clone()
-
-
-def node_delta(ex, node):
-    return node_value(ex, node, "ablated") - node_value(ex, node)
-
-
-def node_out(ex, node):
-    """value of the node -> its site's output decode(f') + eps' (all else clean)."""
-    h, pos, feat = node
-    f_c, e_c = ex.clean[h]
-    sae = ex.saes[h]
-
-    def out(v):
-        if feat is None:
-            e = e_c.clone()
-            e[_index(pos, None)] = v
-            return sae.decode(f_c) + e
-        f = f_c.clone()
-        f[_index(pos, feat)] = v
-        return sae.decode(f) + e_c
-
-    return out
-
-
-class _Stop(Exception):
-    pass
-
-
-def make_fn(ex, up_site, up_out, down_site, mode="frozen"):
-    """A function of one value (scalar or tensor) for one example: ``up_out(value)`` is the
-    output of site ``up_site``; returns D's nodes as functions of D's input x_D,
-    (encode(x_D) [P, S], x_D - decode(encode(x_D)) [P, d]), or the metric if ``down_site`` is
-    None. Every other site outputs its clean value (``mode="frozen"``) or, for the unfrozen
-    Jacobians of eq. 6, decode(encode(x)) + eps_clean (features live, errors fixed)."""
-
-    def fn(value):
-        got = {}
-
-        def up(act, hook):
-            return up_out(value).reshape(act.shape)
-
-        def capture(act, hook):
-            sae = ex.saes[hook.name]
-            f = sae.encode(act)
-            got["v"] = (f[0], (act - sae.decode(f))[0])
-            raise _Stop
-
-        def clean(act, hook):
-            return ex.clean_out(hook.name)
-
-        def live(act, hook):
-            sae = ex.saes[hook.name]
-            return sae.decode(sae.encode(act)) + ex.clean[hook.name][1]
-
-        hooks = []
-        for h in ex.sites:
-            if h == up_site:
-                hooks.append((h, up))
-            elif h == down_site:
-                hooks.append((h, capture))
-            else:
-                hooks.append((h, clean if mode == "frozen" else live))
-        with torch.enable_grad(), ex.model.hooks(fwd_hooks=hooks):
-            try:
-                logits = ex.model(ex.tokens)
-            except _Stop:
-                return got["v"]
-        return ex.metric(logits)[0]
-
-    return fn
-
-
-def jac(fn, x):
-    return jacobian(fn, x, vectorize=True)
-
-
-def contract(J, delta):
-    """J [out..., in...] . delta [in...] -> [out...]."""
-    n = delta.dim()
-    return (J * delta).sum(tuple(range(J.dim() - n, J.dim()))) if n else J * delta
-
-
-def down_edge(dnode, v, g):
-    """grad_d m . v for downstream node d, v = (dD_f, dD_e) the change of D's nodes; summed
-    over positions when d's position is None ("sum" aggregation)."""
-    _, q, j = dnode
-    (vf, ve), (gf, ge) = v, g
-    qs = slice(None) if q is None else q
-    if j is None:
-        return float((ge[qs] * ve[qs]).sum())
-    return float((gf[qs, j] * vf[qs, j]).sum())
+    return ground_truth.single_examples(model, saes, rows)
 
 
 def by_site(nodes, sites=SITES):
-    out = {h: [] for h in sites}
-    for n in nodes:
-        out[n[0]].append(n)
-    return out
-
-
-def jacobian_truth(examples, grads, nodes, mode="frozen"):
-    """(upstream id, downstream id) -> mean over examples of grad_d m . dd/du . delta_u, with
-    dd/du from torch.autograd.functional.jacobian of u -> D's nodes (one per u and D)."""
-    order = examples[0].sites
-    sites = by_site(nodes, order)
-    total: dict = {}
-    for ex, g in zip(examples, grads):
-        for i, up_site in enumerate(order):
-            for u in sites[up_site]:
-                delta = node_delta(ex, u)
-                for down_site in order[i + 1 :]:
-                    if not sites[down_site]:
-                        continue
-                    J = jac(
-                        make_fn(ex, up_site, node_out(ex, u), down_site, mode), node_value(ex, u)
-                    )
-                    v = tuple(contract(Jx, delta) for Jx in J)
-                    for d in sites[down_site]:
-                        key = (nid(u), nid(d))
-                        total[key] = total.get(key, 0.0) + down_edge(d, v, g[down_site])
-    return {k: t / len(examples) for k, t in total.items()}
-
-
-def frame_dict(df):
-    return {(u, d): e for u, d, e in df[["upstream", "downstream", "effect"]].itertuples(False)}
-
-
-def kind(node_id):
-    return "e" if "/err" in node_id else "f"
-
-
-def check_edges(df, truth, atol=2e-5, rtol=1e-4, min_scale=1e-3, metric=False):
-    """Library edges (missing = 0) against the ground truth; no edges outside the truth."""
-    got = frame_dict(df)
-    if not metric:
-        got = {k: v for k, v in got.items() if k[1] != "metric"}
-    extra = set(got) - set(truth)
-    assert not extra, f"edges not in the ground truth: {sorted(extra)[:5]}"
-    bad = []
-    for key, want in truth.items():
-        g = got.get(key, 0.0)
-        if abs(g - want) > atol + rtol * abs(want):
-            bad.append(f"{key}: got {g:.7g}, expected {want:.7g}")
-    assert not bad, f"{len(bad)} of {len(truth)} edges differ:\n" + "\n".join(bad[:20])
-    return got
-
-
-def assert_nonvacuous(truth, min_scale=1e-3, kinds=("ff", "fe", "ef", "ee")):
-    """Every edge kind (feature/error -> feature/error) has a clearly non-zero ground truth."""
-    for k in kinds:
-        vals = [abs(v) for (u, d), v in truth.items() if kind(u) + kind(d) == k and d != "metric"]
-        assert vals and max(vals) > min_scale, f"vacuous {k} ground truth: {max(vals, default=0)}"
+    return ground_truth.by_site(nodes, sites)
 
 
 def pick_nodes(examples, positions=POSITIONS, per_pos=2, sites=SITES):
-    """Per site and position: the error and the `per_pos` features most often active on the
-    clean input and changed by the ablation (so both as u and as d they carry signal)."""
-    nodes = []
-    for h in sites:
-        f_c = torch.cat([ex.clean[h][0] for ex in examples])
-        f_a = torch.cat([ex.ablated[h][0] for ex in examples])
-        score = (f_c > 0).float().mean(0) + ((f_a - f_c).abs() > 1e-6).float().mean(0)
-        score = score + 1e-3 * f_c.abs().mean(0)  # break ties
-        for p in positions:
-            for i in score[p].topk(per_pos).indices.tolist():
-                nodes.append((h, p, i))
-            nodes.append((h, p, None))
-    return nodes
+    return ground_truth.pick_nodes(examples, positions, sites, per_pos)
 
 
 def _edges(model, saes, nodes, **kw):
     kw = {"ablation": "patch", "batch_size": 2, "progress": False, **kw}
     data = kw.pop("data", PAIR_ROWS)
     return edge_effects(model, saes, data, [nid(n) for n in nodes], **kw)
-
-
-def vjp_truth(examples, grads, nodes):
-    """Own loop, one ``torch.autograd.grad`` per downstream node and example: every site outputs
-    decode(f_leaf) + eps_leaf (leaves at clean values, so it depends on nothing upstream) and
-    computes its nodes from its input; grad of grad_d m * d w.r.t. earlier sites' leaves, times
-    delta_u. -> (upstream id, downstream id) -> mean over examples."""
-    order = examples[0].sites
-    sites = by_site(nodes, order)
-    total: dict = {}
-    for ex, g in zip(examples, grads):
-        leaves = {h: tuple(t.clone().requires_grad_(True) for t in ex.clean[h]) for h in order}
-        down = {}
-
-        def hook(act, hook, leaves=leaves, down=down, ex=ex):
-            sae = ex.saes[hook.name]
-            f = sae.encode(act)
-            down[hook.name] = (f[0], (act - sae.decode(f))[0])
-            return sae.decode(leaves[hook.name][0]) + leaves[hook.name][1]
-
-        with torch.enable_grad(), ex.model.hooks(fwd_hooks=[(h, hook) for h in order]):
-            ex.model(ex.tokens)
-        for i, dh in enumerate(order):
-            ups = [h for h in order[:i] if sites[h]]
-            for d in sites[dh]:
-                _, q, j = d
-                gf, ge = g[dh]
-                f_d, e_d = down[dh]
-                target = (gf[q, j] * f_d[q, j]) if j is not None else (ge[q] * e_d[q]).sum()
-                if not ups or not target.requires_grad:
-                    continue
-                inputs = [t for h in ups for t in leaves[h]]
-                gr = torch.autograd.grad(target, inputs, retain_graph=True, allow_unused=True)
-                for k, uh in enumerate(ups):
-                    g_f, g_e = (
-                        torch.zeros_like(x) if y is None else y
-                        for x, y in zip(leaves[uh], gr[2 * k : 2 * k + 2])
-                    )
-                    for u in sites[uh]:
-                        _, p, fi = u
-                        if fi is None:
-                            val = float((g_e[0, p] * node_delta(ex, u)).sum())
-                        else:
-                            val = float(g_f[0, p, fi] * node_delta(ex, u))
-                        key = (nid(u), nid(d))
-                        total[key] = total.get(key, 0.0) + val
-    return {k: t / len(examples) for k, t in total.items()}
 
 
 # Sites whose kept nodes take part in the main edge checks. With nodes at blocks.2.hook_mlp_out

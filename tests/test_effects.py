@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import json
 
+import ground_truth
 import pytest
 import torch
 from conftest import make_saes, make_tiny_model
+from ground_truth import (
+    answer_id,
+    answer_logprob,
+    brute_force_atp,
+    brute_force_exact,
+    logit_diff,
+    pair_tokens,
+    site_values,
+)
 
 from sfc_plugin.attribution import node_effects
 
@@ -70,164 +80,15 @@ def setup(tokenizer):
     _MODELS.clear()
 
 
-# ----------------------------------------------------------------------------------------------
-# Ground-truth machinery (plain TL hooks, SAE encode/decode, autograd)
-# ----------------------------------------------------------------------------------------------
-
-
-def _answer_id(model, text):
-    ids = model.to_tokens(text, prepend_bos=False)[0]
-    assert len(ids) == 1, f"answer {text!r} is not one token"
-    return int(ids[0])
-
-
 def _pair_tokens(model, rows=PAIR_ROWS):
-    """clean [B,P], patch [B,P], clean answers [B], patch answers [B]; all prefixes equal length."""
-    clean = [model.to_tokens(r["clean_prefix"])[0] for r in rows]
-    patch = [model.to_tokens(r["patch_prefix"])[0] for r in rows]
-    assert len({len(t) for t in clean + patch}) == 1, "pairs must all have one token length"
-    ca = torch.tensor([_answer_id(model, r["clean_answer"]) for r in rows])
-    pa = torch.tensor([_answer_id(model, r["patch_answer"]) for r in rows])
-    assert (ca != pa).all()
-    return torch.stack(clean), torch.stack(patch), ca, pa
-
-
-def logit_diff(logits, ca, pa):
-    """Default pair metric at the last position (all prefixes have equal length here)."""
-    last = logits[:, -1]
-    return last.gather(1, pa[:, None])[:, 0] - last.gather(1, ca[:, None])[:, 0]
-
-
-def answer_logprob(logits, ans):
-    """Default single-input metric for unpadded rows: log p(answer) at the last position."""
-    return logits[:, -1].log_softmax(-1).gather(1, ans[:, None])[:, 0]
-
-
-def site_values(model, saes, tokens, hooks):
-    """hook -> (f, eps) of the unmodified model on `tokens`."""
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=list(hooks))
-        out = {}
-        for h in hooks:
-            x = cache[h]
-            f = saes[h].encode(x)
-            out[h] = (f, x - saes[h].decode(f))
-    return out
-
-
-def ablated_values(ablation, clean, patch=None):
-    """hook -> (f_abl, eps_abl), templatic: patch values, zeros, or the per-position mean over
-    all rows."""
-    out = {}
-    for h, (f, e) in clean.items():
-        if ablation == "patch":
-            out[h] = patch[h]
-        elif ablation == "zero":
-            out[h] = (torch.zeros_like(f), torch.zeros_like(e))
-        elif ablation == "mean":
-            out[h] = (f.mean(0, keepdim=True).expand_as(f), e.mean(0, keepdim=True).expand_as(e))
-        else:
-            raise ValueError(ablation)
-    return out
-
-
-def run_with_site(model, sae, hook, tokens, f, e):
-    """Logits with the site's output replaced by decode(f) + e."""
-
-    def replace(act, hook):
-        out = sae.decode(f) + e
-        assert out.shape == act.shape
-        return out
-
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
-
-
-@torch.no_grad()
-def brute_force_exact(model, sae, hook, tokens, metric, fc, ec, fa, ea, positions=None):
-    """Per-example exact effects [B, P, S] and [B, P]: one patched forward per node (the
-    S + 1 nodes of one position are stacked on the batch axis; rows do not interact)."""
-    B, P, S = fc.shape
-    m_clean = metric(model(tokens))
-    feat = torch.zeros(B, P, S)
-    err = torch.zeros(B, P)
-    for p in range(P) if positions is None else positions:
-        f_var = fc.unsqueeze(0).repeat(S + 1, 1, 1, 1)  # [S+1, B, P, S]
-        e_var = ec.unsqueeze(0).repeat(S + 1, 1, 1, 1)  # [S+1, B, P, d]
-        for i in range(S):
-            f_var[i, :, p, i] = fa[:, p, i]  # node (feature i, position p)
-        e_var[S, :, p] = ea[:, p]  # node (error, position p)
-        n = (S + 1) * B
-        logits = run_with_site(
-            model,
-            sae,
-            hook,
-            tokens.repeat(S + 1, 1),
-            f_var.reshape(n, P, S),
-            e_var.reshape(n, P, -1),
-        )
-        eff = (metric(logits).reshape(S + 1, B) - m_clean).T  # [B, S+1]
-        feat[:, p] = eff[:, :S]
-        err[:, p] = eff[:, S]
-    return feat, err
-
-
-def site_grads(model, sae, hook, tokens, metric, f, e):
-    """dm/df, dm/de with the site output replaced by decode(f_leaf) + e_leaf (per example: the
-    metric is summed over rows, which do not interact)."""
-    f_leaf = f.detach().clone().requires_grad_(True)
-    e_leaf = e.detach().clone().requires_grad_(True)
-    logits = run_with_site(model, sae, hook, tokens, f_leaf, e_leaf)
-    return torch.autograd.grad(metric(logits).sum(), [f_leaf, e_leaf])
-
-
-def brute_force_atp(model, sae, hook, tokens, metric, fc, ec, fa, ea):
-    gf, ge = site_grads(model, sae, hook, tokens, metric, fc, ec)
-    return gf * (fa - fc), (ge * (ea - ec)).sum(-1)
-
-
-def brute_force_ig(model, sae, hook, tokens, metric, fc, ec, fa, ea, steps):
-    """(1/N) sum_k grad at (1 - k/N) a_c + (k/N) a_a, all nodes of the site together."""
-    gf_sum = torch.zeros_like(fc)
-    ge_sum = torch.zeros_like(ec)
-    for k in range(steps):
-        alpha = k / steps
-        gf, ge = site_grads(
-            model,
-            sae,
-            hook,
-            tokens,
-            metric,
-            (1 - alpha) * fc + alpha * fa,
-            (1 - alpha) * ec + alpha * ea,
-        )
-        gf_sum += gf
-        ge_sum += ge
-    return gf_sum / steps * (fa - fc), (ge_sum / steps * (ea - ec)).sum(-1)
+    return pair_tokens(model, rows)
 
 
 def pair_ground_truth(model, saes, hooks, ablation, kind, metric=None, steps=None):
     """Templatic ground truth on PAIR_ROWS: hook -> ([P, S], [P]) (mean over examples)."""
-    clean, patch, ca, pa = _pair_tokens(model)
-    if metric is None:
-
-        def metric(logits):
-            n = logits.shape[0] // len(ca)
-            return logit_diff(logits, ca.repeat(n), pa.repeat(n))
-
-    cv = site_values(model, saes, clean, hooks)
-    pv = site_values(model, saes, patch, hooks) if ablation == "patch" else None
-    av = ablated_values(ablation, cv, pv)
-    out = {}
-    for h in hooks:
-        args = (model, saes[h], h, clean, metric, *cv[h], *av[h])
-        if kind == "exact":
-            feat, err = brute_force_exact(*args)
-        elif kind == "atp":
-            feat, err = brute_force_atp(*args)
-        else:
-            feat, err = brute_force_ig(*args, steps=steps)
-        out[h] = (feat.mean(0), err.mean(0))
-    return out
+    return ground_truth.pair_ground_truth(
+        model, saes, hooks, PAIR_ROWS, ablation, kind, metric, steps
+    )
 
 
 def check(res, truth, atol=2e-5, rtol=1e-4, min_scale=1e-3):
@@ -285,7 +146,7 @@ def single_ground_truth(model, saes, hooks, rows, ablation, kind, metric=None):
     """Sum aggregation on single inputs of different lengths: every row run on its own,
     effects summed over its positions, then averaged over rows. hook -> ([S], scalar)."""
     toks = [model.to_tokens(r["prefix"]) for r in rows]
-    answers = [torch.tensor([_answer_id(model, r["answer"])]) for r in rows]
+    answers = [torch.tensor([answer_id(model, r["answer"])]) for r in rows]
     assert len({t.shape[1] for t in toks}) == len(rows), "rows should differ in length"
     if metric is None:
         metric = answer_logprob
@@ -518,7 +379,7 @@ def test_user_metric_two_args_singles_sum(setup):
 def test_user_metric_one_arg(setup, tokenizer):
     """metric(logits): log p(" the") at the last position; exact patching on one site."""
     model, saes = setup("parallel")
-    the = _answer_id(model, " the")
+    the = answer_id(model, " the")
     h = "blocks.1.hook_mlp_out"
 
     def metric(logits):
