@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens import SAE, HookedSAETransformer
-from sae_lens.saes.sae import SAEMetadata
-from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+from sae_lens import (
+    SAE,
+    HookedSAETransformer,
+    SkipTranscoder,
+    SkipTranscoderConfig,
+    StandardSAE,
+    StandardSAEConfig,
+    TopKSAE,
+    TopKSAEConfig,
+    Transcoder,
+    TranscoderConfig,
+)
 from transformer_lens import HookedTransformerConfig
 
 FAMILIES = {
@@ -72,12 +80,21 @@ def make_tiny_model(
     return model
 
 
+def sae_metadata(**fields):
+    """An SAELens SAE metadata object holding ``fields``. Its class is not exported by
+    ``sae_lens``; a config's default metadata is one, and it takes any attribute."""
+    meta = StandardSAEConfig(d_in=1, d_sae=1).metadata
+    for key, value in fields.items():
+        setattr(meta, key, value)
+    return meta
+
+
 def make_random_sae(
     hook_name: str, d_in: int, d_sae: int = 24, seed: int = 0, arch: str = "standard"
 ) -> SAE:
     """A random SAE: features sparse-ish (about a third active), a large error."""
     g = torch.Generator().manual_seed(seed)
-    meta = SAEMetadata(hook_name=hook_name, model_name="tiny")
+    meta = sae_metadata(hook_name=hook_name, model_name="tiny")
     if arch == "topk":
         sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=6, metadata=meta))
     else:
@@ -144,3 +161,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def make_random_transcoder(
+    read_hook: str,
+    write_hook: str,
+    d_in: int,
+    d_out: int,
+    d_sae: int = 16,
+    seed: int = 0,
+    skip: bool = False,
+) -> SAE:
+    """A random SAELens transcoder reading ``read_hook`` and writing ``write_hook`` (recorded
+    as ``hook_name`` / ``hook_name_out``), with a random skip term if ``skip``."""
+    g = torch.Generator().manual_seed(seed)
+    meta = sae_metadata(hook_name=read_hook, hook_name_out=write_hook, model_name="tiny")
+    kw = dict(d_in=d_in, d_sae=d_sae, d_out=d_out, apply_b_dec_to_input=False, metadata=meta)
+    tc = SkipTranscoder(SkipTranscoderConfig(**kw)) if skip else Transcoder(TranscoderConfig(**kw))
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        tc.W_dec.copy_(torch.randn(d_sae, d_out, generator=g) / d_sae**0.5)
+        tc.b_enc.copy_(-0.3 * torch.rand(d_sae, generator=g))
+        tc.b_dec.copy_(0.1 * torch.randn(d_out, generator=g))
+        if skip:
+            tc.W_skip.copy_(0.3 * torch.randn(d_out, d_in, generator=g) / d_in**0.5)
+    return tc

@@ -194,6 +194,95 @@ def pair_ground_truth(model, saes, hooks, rows, ablation, kind, metric=None, ste
     return out
 
 
+def check_effects(res, truth, atol=2e-5, rtol=1e-4, min_scale=1e-3):
+    """Library node effects against the ground truth, which must not be vacuous."""
+    assert set(res.features) == set(truth) and set(res.errors) == set(truth)
+    for h, (feat, err) in truth.items():
+        # The ground truth must not be trivially zero, or the comparison proves nothing.
+        assert feat.abs().max() > min_scale, f"{h}: vacuous feature ground truth"
+        assert err.abs().max() > min_scale, f"{h}: vacuous error ground truth"
+        assert res.features[h].shape == feat.shape, h
+        assert res.errors[h].shape == err.shape, h
+        for name, got, want in (
+            ("features", res.features[h], feat),
+            ("errors", res.errors[h], err),
+        ):
+            torch.testing.assert_close(
+                got.detach().float(),
+                want,
+                atol=atol,
+                rtol=rtol,
+                msg=lambda m, h=h, name=name: f"{h} {name}: {m}",
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation (faithfulness and completeness)
+# ----------------------------------------------------------------------------------------------
+
+
+def write_hooks(saes, sites, on_write):
+    """Plain TL hooks calling ``on_write(hook, x_read, x_written) -> new written activation`` at
+    each site of ``sites`` (forward order); a transcoder's read hook keeps its input."""
+    seen = {}
+
+    def keep(act, hook):
+        seen[hook.name] = act
+
+    def write(act, hook):
+        read = read_hook(hook.name, saes[hook.name])
+        return on_write(hook.name, act if read == hook.name else seen[read], act)
+
+    hooks = []
+    for h in sites:
+        if read_hook(h, saes[h]) != h:
+            hooks.append((read_hook(h, saes[h]), keep))
+        hooks.append((h, write))
+    return hooks
+
+
+def own_means(model, saes, tokens):
+    """Per-position means of every site's features and error, by a plain recording pass."""
+    values = {}
+
+    def rec(h, x_in, x):
+        f = saes[h].encode(x_in)
+        values[h] = (f.mean(0), (x - saes[h].decode(f)).mean(0))
+        return x
+
+    with torch.no_grad(), model.hooks(fwd_hooks=write_hooks(saes, list(saes), rec)):
+        model(tokens)
+    return values
+
+
+def brute_metric(model, saes, pairs, keep, means, sites=None):
+    """Mean logit difference on ``pairs`` with every node not in ``keep`` (node ids) set to its
+    mean, site by site in forward order."""
+    tokens = model.to_tokens([p["clean_prefix"] for p in pairs])
+    sites = list(saes) if sites is None else sites
+
+    def ablate(h, x_in, x):
+        sae = saes[h]
+        f = sae.encode(x_in)
+        e = x - sae.decode(f)
+        mf, me = means[h]
+        f2, e2 = f.clone(), e.clone()
+        for p in range(x.shape[1]):
+            for i in range(f.shape[-1]):
+                if f"{h}/f{i}@{p}" not in keep:
+                    f2[:, p, i] = mf[p, i]
+            if f"{h}/err@{p}" not in keep:
+                e2[:, p] = me[p]
+        return sae.decode(f2) + e2
+
+    with torch.no_grad(), model.hooks(fwd_hooks=write_hooks(saes, sites, ablate)):
+        logits = model(tokens)[:, -1]
+    clean = torch.tensor([model.to_single_token(p["clean_answer"]) for p in pairs])
+    patch = torch.tensor([model.to_single_token(p["patch_answer"]) for p in pairs])
+    rows = torch.arange(len(pairs))
+    return float((logits[rows, patch] - logits[rows, clean]).mean())
+
+
 # ----------------------------------------------------------------------------------------------
 # Edges
 # ----------------------------------------------------------------------------------------------

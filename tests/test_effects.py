@@ -20,6 +20,7 @@ from ground_truth import (
     answer_logprob,
     brute_force_atp,
     brute_force_exact,
+    check_effects,
     logit_diff,
     pair_tokens,
     site_values,
@@ -91,27 +92,6 @@ def pair_ground_truth(model, saes, hooks, ablation, kind, metric=None, steps=Non
     )
 
 
-def check(res, truth, atol=2e-5, rtol=1e-4, min_scale=1e-3):
-    assert set(res.features) == set(truth) and set(res.errors) == set(truth)
-    for h, (feat, err) in truth.items():
-        # The ground truth must not be trivially zero, or the comparison proves nothing.
-        assert feat.abs().max() > min_scale, f"{h}: vacuous feature ground truth"
-        assert err.abs().max() > min_scale, f"{h}: vacuous error ground truth"
-        assert res.features[h].shape == feat.shape, h
-        assert res.errors[h].shape == err.shape, h
-        for name, got, want in (
-            ("features", res.features[h], feat),
-            ("errors", res.errors[h], err),
-        ):
-            torch.testing.assert_close(
-                got.detach().float(),
-                want,
-                atol=atol,
-                rtol=rtol,
-                msg=lambda m, h=h, name=name: f"{h} {name}: {m}",
-            )
-
-
 # ----------------------------------------------------------------------------------------------
 # Exact patching
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +119,7 @@ def test_exact_matches_brute_force(setup, fam, ablation):
         "templatic",
         len(PAIR_ROWS),
     )
-    check(res, pair_ground_truth(model, saes, SITES, ablation, "exact"))
+    check_effects(res, pair_ground_truth(model, saes, SITES, ablation, "exact"))
 
 
 def single_ground_truth(model, saes, hooks, rows, ablation, kind, metric=None):
@@ -195,7 +175,7 @@ def test_exact_sum_aggregation_different_lengths(setup, ablation):
     truth = single_ground_truth(model, saes, SITES, SINGLE_ROWS, ablation, "exact")
     for h in SITES:
         assert res.features[h].shape == (D_SAE,) and res.errors[h].shape == ()
-    check(res, truth, atol=5e-5)
+    check_effects(res, truth, atol=5e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +224,7 @@ def test_atp_matches_autograd(setup, fam, ablation):
     model, saes = setup(fam)
     res = node_effects(model, saes, PAIR_ROWS, method="atp", ablation=ablation, batch_size=3)
     assert res.method == "atp"
-    check(res, pair_ground_truth(model, saes, SITES, ablation, "atp"))
+    check_effects(res, pair_ground_truth(model, saes, SITES, ablation, "atp"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,7 +244,7 @@ def test_ig_matches_brute_force(setup, fam, steps, ablation):
         model, saes, PAIR_ROWS, method="ig", steps=steps, ablation=ablation, batch_size=2
     )
     assert res.method == "ig"
-    check(res, pair_ground_truth(model, saes, SITES, ablation, "ig", steps=steps))
+    check_effects(res, pair_ground_truth(model, saes, SITES, ablation, "ig", steps=steps))
 
 
 @pytest.mark.parametrize("fam", ["sequential", "parallel"])
@@ -304,8 +284,8 @@ def test_ig_one_step_equals_atp(setup):
     ig = node_effects(model, saes, PAIR_ROWS, method="ig", steps=1, ablation="patch", batch_size=2)
     atp = node_effects(model, saes, PAIR_ROWS, method="atp", ablation="patch", batch_size=5)
     truth = pair_ground_truth(model, saes, SITES, "patch", "atp")
-    check(ig, truth)
-    check(atp, truth)
+    check_effects(ig, truth)
+    check_effects(atp, truth)
     for h in SITES:
         torch.testing.assert_close(ig.features[h], atp.features[h], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(ig.errors[h], atp.errors[h], atol=1e-5, rtol=1e-4)
@@ -343,7 +323,7 @@ def test_user_metric_two_args_pairs(setup):
     default = pair_ground_truth(model, saes, SITES, "patch", "atp")
     h = SITES[-1]
     assert not torch.allclose(truth[h][0], default[h][0], atol=1e-3), "metrics indistinguishable"
-    check(res, truth)
+    check_effects(res, truth)
 
 
 def test_user_metric_two_args_singles_sum(setup):
@@ -373,7 +353,7 @@ def test_user_metric_two_args_singles_sum(setup):
     default = single_ground_truth(model, saes, SITES, SINGLE_ROWS, "zero", "atp")
     h = SITES[-1]
     assert not torch.allclose(truth[h][0], default[h][0], atol=1e-3), "metrics indistinguishable"
-    check(res, truth)
+    check_effects(res, truth)
 
 
 def test_user_metric_one_arg(setup, tokenizer):
@@ -395,7 +375,7 @@ def test_user_metric_one_arg(setup, tokenizer):
         batch_size=5,
     )
     truth = pair_ground_truth(model, saes, [h], "patch", "exact", metric=metric)
-    check(res, truth)
+    check_effects(res, truth)
 
 
 def test_jsonl_path_input(setup, tmp_path):
@@ -405,4 +385,4 @@ def test_jsonl_path_input(setup, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in PAIR_ROWS))
     from_path = node_effects(model, saes, str(path), method="atp", ablation="patch")
     assert from_path.n_examples == len(PAIR_ROWS)
-    check(from_path, pair_ground_truth(model, saes, SITES, "patch", "atp"))
+    check_effects(from_path, pair_ground_truth(model, saes, SITES, "patch", "atp"))

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import make_saes, make_tiny_model, standard_hooks
+from ground_truth import brute_metric, own_means
 
 from sfc_plugin.attribution import node_effects
 from sfc_plugin.datasets import agreement
@@ -39,47 +40,6 @@ def _tokens(model, pairs):
     return model.to_tokens([p["clean_prefix"] for p in pairs])
 
 
-def _own_means(model, saes, tokens):
-    """Per-position means of every site's features and error, by a plain recording pass."""
-    values = {}
-
-    def rec(x, hook):
-        sae = saes[hook.name]
-        f = sae.encode(x)
-        values[hook.name] = (f.mean(0), (x - sae.decode(f)).mean(0))
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(h, rec) for h in saes]):
-        model(tokens)
-    return values
-
-
-def _brute_metric(model, saes, pairs, keep, means, sites=None):
-    """Mean logit difference with every node not in ``keep`` set to its mean, site by site."""
-    tokens = _tokens(model, pairs)
-    sites = list(saes) if sites is None else sites
-
-    def hook(x, hook):
-        sae = saes[hook.name]
-        f = sae.encode(x)
-        e = x - sae.decode(f)
-        mf, me = means[hook.name]
-        f2, e2 = f.clone(), e.clone()
-        for p in range(x.shape[1]):
-            for i in range(f.shape[-1]):
-                if f"{hook.name}/f{i}@{p}" not in keep:
-                    f2[:, p, i] = mf[p, i]
-            if f"{hook.name}/err@{p}" not in keep:
-                e2[:, p] = me[p]
-        return sae.decode(f2) + e2
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(h, hook) for h in sites]):
-        logits = model(tokens)[:, -1]
-    clean = torch.tensor([model.to_single_token(p["clean_answer"]) for p in pairs])
-    patch = torch.tensor([model.to_single_token(p["patch_answer"]) for p in pairs])
-    rows = torch.arange(len(pairs))
-    return float((logits[rows, patch] - logits[rows, clean]).mean())
-
-
 def test_full_model_is_one_and_empty_circuit_is_zero(family, tokenizer, pairs):
     model, saes = _setup(family, tokenizer)
     n_pos = _tokens(model, pairs).shape[1]
@@ -100,16 +60,16 @@ def test_metric_with_circuit_matches_brute_force(family, tokenizer, pairs):
     table = effects.to_frame()
     circuit = list(table.node[:25])
     ev = Evaluator(model, saes, pairs, progress=False)
-    means = _own_means(model, saes, _tokens(model, pairs))
-    want = _brute_metric(model, saes, pairs, set(circuit), means)
+    means = own_means(model, saes, _tokens(model, pairs))
+    want = brute_metric(model, saes, pairs, set(circuit), means)
     assert ev.metric_with(circuit) == pytest.approx(want, abs=1e-4)
     complement = set(_all_nodes(saes, ev.tokens.n_pos)) - set(circuit)
-    want_c = _brute_metric(model, saes, pairs, complement, means)
+    want_c = brute_metric(model, saes, pairs, complement, means)
     assert ev.metric_with(circuit, complement=True) == pytest.approx(want_c, abs=1e-4)
     # and the public functions use exactly these
     f = faithfulness(model, saes, circuit, pairs, progress=False)
     c = completeness(model, saes, circuit, pairs, progress=False)
-    want_empty = _brute_metric(model, saes, pairs, set(), means)
+    want_empty = brute_metric(model, saes, pairs, set(), means)
     want_model = float(ev.m_model)
     assert f == pytest.approx((want - want_empty) / (want_model - want_empty), abs=1e-4)
     assert c == pytest.approx((want_c - want_empty) / (want_model - want_empty), abs=1e-4)
@@ -118,7 +78,7 @@ def test_metric_with_circuit_matches_brute_force(family, tokenizer, pairs):
 def test_mean_ablation_values_are_per_position_means(tokenizer, pairs):
     model, saes = _setup("sequential", tokenizer)
     ev = Evaluator(model, saes, pairs, progress=False)
-    means = _own_means(model, saes, _tokens(model, pairs))
+    means = own_means(model, saes, _tokens(model, pairs))
     for h, (mf, me) in means.items():
         torch.testing.assert_close(ev.ablated[h][0][0], mf, atol=1e-6, rtol=0)
         torch.testing.assert_close(ev.ablated[h][1][0], me, atol=1e-6, rtol=0)
@@ -128,17 +88,17 @@ def test_error_policies_and_start_layer(tokenizer, pairs):
     model, saes = _setup("llama", tokenizer)
     ev_pos = Evaluator(model, saes, pairs, progress=False)
     n_pos = ev_pos.tokens.n_pos
-    means = _own_means(model, saes, _tokens(model, pairs))
+    means = own_means(model, saes, _tokens(model, pairs))
     full = _all_nodes(saes, n_pos)
     features_only = [n for n in full if "/err" not in n]
     resid_errors = [n for n in full if "/err" in n and "resid_post" in n]
 
     removed = Evaluator(model, saes, pairs, errors="remove", progress=False)
-    want = _brute_metric(model, saes, pairs, set(features_only), means)
+    want = brute_metric(model, saes, pairs, set(features_only), means)
     assert removed.metric_with(full) == pytest.approx(want, abs=1e-4)
 
     attn_mlp = Evaluator(model, saes, pairs, errors="remove_attn_mlp", progress=False)
-    want = _brute_metric(model, saes, pairs, set(features_only + resid_errors), means)
+    want = brute_metric(model, saes, pairs, set(features_only + resid_errors), means)
     assert attn_mlp.metric_with(full) == pytest.approx(want, abs=1e-4)
 
     # sites below start_layer are untouched: keeping every node from layer 1 on then gives the
@@ -146,7 +106,7 @@ def test_error_policies_and_start_layer(tokenizer, pairs):
     late = Evaluator(model, saes, pairs, start_layer=1, progress=False)
     late_sites = [h for h in saes if not h.startswith("blocks.0.")]
     late_nodes = [n for n in full if not n.startswith("blocks.0.")]
-    want = _brute_metric(model, saes, pairs, set(late_nodes), means, sites=late_sites)
+    want = brute_metric(model, saes, pairs, set(late_nodes), means, sites=late_sites)
     assert late.metric_with(late_nodes) == pytest.approx(want, abs=1e-4)
     assert want == pytest.approx(late.m_model, abs=1e-4)
     assert ev_pos.metric_with(late_nodes) != pytest.approx(want, abs=1e-3)
