@@ -2,16 +2,13 @@
 score on held-out pairs, sweep the threshold (features against neurons) and write the page.
 
 ``circuit_report`` is what ``make demo`` (``sfc_plugin.demo``) and ``sfc circuit``
-(``sfc_plugin.cli``) run. Every stage is timed; the page holds the summary, the interactive
-circuit (``render.render_html``), the faithfulness/completeness curves as an inline PNG and
+(``sfc_plugin.cli``) run. Every stage is timed; the page (``frontend.report_page``) holds the
+summary, the interactive circuit, the faithfulness/completeness curves as an inline PNG and
 the curve table. Nothing in it needs a network.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +23,7 @@ from sfc_plugin.attribution.run import Aggregation
 from sfc_plugin.circuit import Circuit, discover_circuit
 from sfc_plugin.data import Dataset, read_dataset
 from sfc_plugin.evaluation import ErrorPolicy, Evaluator, faithfulness_curve, nodes_to_reach
-from sfc_plugin.frontend.plots import plot_faithfulness_curve
+from sfc_plugin.frontend.report_page import report_html
 
 
 @dataclass
@@ -147,69 +144,14 @@ def circuit_report(
     if out is not None:
         report.path = Path(out)
         report.path.parent.mkdir(parents=True, exist_ok=True)
-        report.path.write_text(report_html(report, title=title, dashboards=dashboards))
+        page = report_html(
+            circuit,
+            faithfulness=report.faithfulness,
+            completeness=report.completeness,
+            curve=table,
+            timings=timings,
+            title=title,
+            dashboards=dashboards,
+        )
+        report.path.write_text(page, encoding="utf-8")
     return report
-
-
-def figure_png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode()
-    return (
-        f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%">'
-    )
-
-
-def report_html(report: CircuitReport, *, title: str, dashboards: Any = None) -> str:
-    """The report page (a whole HTML document)."""
-    from sfc_plugin.frontend.render import render_html
-
-    c = report.circuit
-    s = c.settings
-    rows = [
-        ("model", s.get("model")),
-        ("SAE sites", len(s.get("saes") or {})),
-        ("method", f"{s['method']}" + (f" ({s['steps']} steps)" if s.get("steps") else "")),
-        ("training pairs", s.get("n_examples")),
-        ("node / edge threshold", f"{s['node_threshold']} / {s['edge_threshold']}"),
-        ("nodes", f"{len(c.nodes)} ({int((c.nodes.kind == 'error').sum())} error nodes)"),
-        ("edges", len(c.edges)),
-        ("faithfulness (held out)", f"{report.faithfulness:.3f}"),
-        ("completeness (held out)", f"{report.completeness:.3f}"),
-    ]
-    rows += [(f"time: {k}", f"{v:.1f} s") for k, v in report.timings.items()]
-    table = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-    )
-    parts = [
-        f"<h1>{html.escape(title)}</h1>",
-        f'<table class="summary">{table}</table>',
-        "<h2>Circuit</h2>",
-        render_html(c, dashboards=dashboards),
-    ]
-    if report.curve is not None:
-        fig = plot_faithfulness_curve(report.curve)
-        parts += [
-            "<h2>Faithfulness and completeness against circuit size</h2>",
-            "<p>Circuits {|IE| &gt; threshold} from the training pairs, scored on held-out "
-            "pairs with every other node mean-ablated (faithfulness) or with the circuit's "
-            "nodes mean-ablated (completeness); neuron circuits use the same hooks with "
-            "identity dictionaries.</p>",
-            _img(figure_png(fig), "faithfulness and completeness curves"),
-            report.curve.to_html(index=False, float_format=lambda x: f"{x:.4g}"),
-        ]
-    style = (
-        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1400px}"
-        "table.summary th{text-align:left;padding-right:1em}"
-        "table.dataframe{border-collapse:collapse;font-size:12px}"
-        "table.dataframe td,table.dataframe th{border:1px solid #ccc;padding:2px 6px}</style>"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title>{style}</head><body>{''.join(parts)}</body></html>\n"
-    )

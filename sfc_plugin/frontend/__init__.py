@@ -1,1 +1,3 @@
-"""Pages: circuit layout and pictures (SVG, HTML, PNG), feature dashboards and figures."""
+"""Pages: circuit layout and pictures (SVG, HTML, PNG), feature dashboards, the circuit report
+and figures. Their CSS and JavaScript (``assets/``) and jinja2 templates (``templates/``) are
+package files, loaded by ``templating``."""

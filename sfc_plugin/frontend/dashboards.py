@@ -25,7 +25,8 @@ The result, a :class:`FeatureIndex`, is computed once per SAE set and cached on 
 sample file's content, the model name, ``context``, ``max_tokens``, ``k`` and ``window``. The
 cache entry is written in a temporary directory and renamed into place, so an interrupted
 build never leaves a broken entry. :func:`feature_dashboard` renders one feature as a
-:class:`Dashboard` (HTML for notebooks and files, ``to_dict()`` for other pages).
+:class:`Dashboard` (HTML for notebooks and files from ``templates/dashboard.html`` and
+``assets/dashboard.css``, ``to_dict()`` for other pages).
 
 HTML is offline: token colouring uses CircuitsVis' ``colored_tokens``, whose
 ``RenderedHTML.local_src`` inlines the CircuitsVis JavaScript bundle (1.3 MB) in every
@@ -51,6 +52,7 @@ import circuitsvis
 import torch
 from circuitsvis.tokens import colored_tokens
 from jaxtyping import Float, Int
+from markupsafe import Markup
 from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -58,6 +60,7 @@ from tqdm.auto import tqdm
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from sfc_plugin.datasets.text import SAMPLE, read_texts, token_batches
+from sfc_plugin.frontend.templating import render_template, visible
 from sfc_plugin.models import EMBEDDED_MODEL, is_embedded_model, load_model
 from sfc_plugin.models.cache import cache_dir, ensure_cache_entry
 from sfc_plugin.nodes import node_id
@@ -653,58 +656,24 @@ class Dashboard:
         """The dashboard as HTML that needs no network. ``bundle=False`` leaves out the
         CircuitsVis script (include :func:`circuitsvis_script` once on the page instead);
         ``page=True`` returns a whole document (for a file)."""
-        rows = "".join(_context_row(c, self.max_activation) for c in self.contexts)
-        body = (
-            f'<div class="sfc-dashboard">{_STYLE}'
-            f"<h3>{html.escape(self.node)}</h3>"
-            f"<p>fires on {self.fired:,} of {self.n_tokens:,} tokens "
-            f"({self.fired / self.n_tokens:.3%}); max activation {self.max_activation:.4g}</p>"
-            '<div class="sfc-row">'
-            f"<div><b>activations (log bins)</b><br>{_histogram_svg(self.histogram, self.edges)}"
-            "</div>"
-            f"{_token_table('promoted', self.promoted)}"
-            f"{_token_table('suppressed', self.suppressed)}"
-            "</div>"
-            f'<p class="sfc-note">{_OUTPUT_NOTE if self.promoted else _NO_OUTPUT_NOTE}</p>'
-            f"<table class='sfc-contexts'><tr><th>act</th><th>token</th><th>context</th></tr>"
-            f"{rows}</table></div>"
+        body = render_template(
+            "dashboard.html",
+            d=self,
+            histogram=Markup(_histogram_svg(self.histogram, self.edges)),
+            contexts=[(c, *_colored_context(c, self.max_activation)) for c in self.contexts],
+            bundle=Markup(circuitsvis_script() if bundle else ""),
         )
-        if bundle:
-            body = circuitsvis_script() + body
         if not page:
             return body
-        return (
-            '<!DOCTYPE html><html><head><meta charset="utf-8">'
-            f"<title>{html.escape(self.node)}</title></head><body>{body}</body></html>"
-        )
+        return render_template("page.html", title=self.node, body=Markup(body))
 
     def _repr_html_(self) -> str:
         return self.to_html()
 
 
-_OUTPUT_NOTE = (
-    "Output tokens: the direct logit effect <code>W_dec[i] @ W_U</code>, ignoring the final "
-    "norm (with fold_ln, as for the embedded model, its weight is folded into <code>W_U</code>; "
-    "its per-token 1/rms scale is left out)."
-)
-_NO_OUTPUT_NOTE = (
-    "No output tokens: this site's decoder directions are not residual-stream vectors."
-)
-
-_STYLE = """<style>
-.sfc-dashboard { font-family: sans-serif; font-size: 13px; }
-.sfc-dashboard .sfc-row { display: flex; gap: 32px; flex-wrap: wrap; align-items: flex-start; }
-.sfc-dashboard table { border-collapse: collapse; }
-.sfc-dashboard td, .sfc-dashboard th { padding: 1px 6px; text-align: left; vertical-align: top; }
-.sfc-dashboard code { white-space: pre; }
-.sfc-dashboard .sfc-note { color: #666; font-size: 11px; }
-.sfc-dashboard div[id^="circuits-vis-"] { margin: 0 !important; }
-</style>"""
-
-
 def _shown(token: str) -> str:
     """A token as HTML text: escaped, newlines as a visible mark."""
-    return html.escape(token, quote=False).replace("\n", "\u21b5")
+    return html.escape(visible(token), quote=False)
 
 
 @lru_cache(maxsize=1)
@@ -722,33 +691,16 @@ def circuitsvis_script() -> str:
     return "<script>" + re.sub(r"//# sourceMappingURL=\S*\s*$", "", _bundle()) + "</script>"
 
 
-def _context_row(view: ContextView, max_value: float) -> str:
-    """A table row: activation, max-activating token, and the context coloured by CircuitsVis
-    with that token outlined."""
+def _colored_context(view: ContextView, max_value: float) -> tuple[str, Markup]:
+    """The context coloured by CircuitsVis: its container's id (the template outlines the
+    max-activating token through it) and its HTML."""
     rendered = colored_tokens(
         [_shown(t) for t in view.tokens], view.values, min_value=0.0, max_value=max_value
     )
     # local_src inlines the bundle (circuitsvis_script provides it once per page) and writes
     # the container as `<div .../>`, which HTML parsers treat as an unclosed div.
     src = rendered.local_src.replace(_bundle(), "").replace('"/>', '"></div>', 1)
-    uid = re.search(r'id="([^"]+)"', src)[1]
-    outline = (
-        f"<style>#{uid} .colored-tokens > span:nth-of-type({view.focus + 1}) > span "
-        "{ outline: 2px solid #d62728; outline-offset: -2px; font-weight: bold; }</style>"
-    )
-    return (
-        f"<tr><td>{view.activation:.3g}</td><td><code>{_shown(view.tokens[view.focus])}</code>"
-        f"</td><td>{outline}{src}</td></tr>"
-    )
-
-
-def _token_table(title: str, effects: list[TokenEffect]) -> str:
-    if not effects:
-        return ""
-    rows = "".join(
-        f"<tr><td><code>{_shown(e.token)}</code></td><td>{e.value:+.3f}</td></tr>" for e in effects
-    )
-    return f"<table><tr><th colspan=2>{title}</th></tr>{rows}</table>"
+    return re.search(r'id="([^"]+)"', src)[1], Markup(src)
 
 
 def _histogram_svg(

@@ -29,18 +29,21 @@ with a small inline script: hover a node to highlight its edges and see its id, 
 strongest edges and, given ``dashboards=``, its top activating contexts and promoted /
 suppressed output tokens; click to pin. Two sliders hide nodes and edges below a chosen
 ``|effect|``. The URL fragment ``#node_threshold=..&edge_threshold=..&select=<node id>`` sets
-them on load. Nothing is fetched from the network: the page is one self-contained file.
+them on load. Nothing is fetched from the network: the page is one self-contained file, put
+together by ``templates/circuit.html`` (and ``templates/page.html`` for a whole document) from
+the script ``assets/circuit.js``, the style ``assets/circuit.css``, the SVG and the data.
 CircuitsVis is only inlined (once, via ``dashboards.circuitsvis_script``) when hover HTML
 given by the caller uses it.
 
 ``render_svg`` (``save_svg``) is the same picture without script, with ``<title>`` tooltips;
-``save_png`` screenshots it with headless Chromium.
+``save_png`` screenshots it (``templates/figure.html``) with headless Chromium.
+
+Everything here reads a circuit through ``CircuitData`` (``sfc_plugin.circuit.Circuit`` is one).
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import re
@@ -50,18 +53,18 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pandas as pd
+from markupsafe import Markup
 
+from sfc_plugin.frontend.templating import render_template
 from sfc_plugin.nodes import METRIC_NODE
 from sfc_plugin.sites import hook_sort_key
 
-if TYPE_CHECKING:
-    from sfc_plugin.circuit import Circuit
-
 __all__ = [
     "MAX_NODES",
+    "CircuitData",
     "CircuitHTML",
     "Dashboards",
     "Layout",
@@ -78,6 +81,16 @@ __all__ = [
 
 MAX_NODES = 60
 """Circuits with more nodes than this are collapsed by default."""
+
+
+class CircuitData(Protocol):
+    """What the pictures read from a circuit (``sfc_plugin.circuit.Circuit``): ``nodes``
+    (columns ``node, hook_name, kind, position, feature, effect``), ``edges`` (``upstream,
+    downstream, effect``) and ``settings``."""
+
+    nodes: pd.DataFrame
+    edges: pd.DataFrame
+    settings: dict[str, Any]
 
 
 class FeatureIndexLike(Protocol):
@@ -181,7 +194,7 @@ def _collapse_limit(sizes: list[int], max_nodes: int | None) -> int | None:
 
 
 def layout(
-    circuit: Circuit, *, tokens: Sequence[str] | None = None, max_nodes: int | None = MAX_NODES
+    circuit: CircuitData, *, tokens: Sequence[str] | None = None, max_nodes: int | None = MAX_NODES
 ) -> Layout:
     """Place the nodes and edges of ``circuit`` (see the module docstring)."""
     frame = circuit.nodes
@@ -435,7 +448,7 @@ def _svg(lay: Layout) -> str:
 
 
 def render_svg(
-    circuit: Circuit, *, tokens: Sequence[str] | None = None, max_nodes: int | None = MAX_NODES
+    circuit: CircuitData, *, tokens: Sequence[str] | None = None, max_nodes: int | None = MAX_NODES
 ) -> str:
     """The circuit as a standalone SVG document (no script; tooltips as ``<title>``)."""
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + _svg(
@@ -443,7 +456,7 @@ def render_svg(
     )
 
 
-def save_svg(circuit: Circuit, path: str | Path, **options: Any) -> None:
+def save_svg(circuit: CircuitData, path: str | Path, **options: Any) -> None:
     """Write ``render_svg(circuit, **options)`` to ``path``."""
     Path(path).write_text(render_svg(circuit, **options), encoding="utf-8")
 
@@ -513,7 +526,7 @@ def _info_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _settings_line(circuit: Circuit) -> str:
+def _settings_line(circuit: CircuitData) -> str:
     """How the circuit was made, in one line."""
     s = circuit.settings
     parts = [
@@ -527,7 +540,7 @@ def _settings_line(circuit: Circuit) -> str:
 
 
 def render_html(
-    circuit: Circuit,
+    circuit: CircuitData,
     *,
     dashboards: Dashboards | None = None,
     tokens: Sequence[str] | None = None,
@@ -542,7 +555,7 @@ def render_html(
     """
     lay = layout(circuit, tokens=tokens, max_nodes=max_nodes)
     nodes: dict[str, dict[str, Any]] = {}
-    infos: list[str] = []
+    panels: list[tuple[str, Markup]] = []  # (node id, the caller's HTML)
     for s in lay.shapes.values():
         entry: dict[str, Any] = {"kind": s.kind, "site": s.site, "position": s.position}
         if s.kind != "metric":
@@ -556,54 +569,36 @@ def render_html(
             info = _hover_info(dashboards, s)
         if isinstance(info, str):
             entry["html"] = True
-            infos.append(
-                f'<div class="sfc-html" data-for="{html.escape(s.id)}" hidden>{info}</div>'
-            )
+            panels.append((s.id, Markup(info)))
         elif info:
             entry["info"] = info
         nodes[s.id] = entry
-    data = {"nodes": nodes, "edges": [list(e) for e in lay.edges]}
-    payload = json.dumps(data).replace("<", "\\u003c")  # no "</script>" inside the script
     shown = sum(s.kind in ("feature", "error") for s in lay.shapes.values())
-    note = (
-        f"; {lay.collapsed} smaller nodes collapsed into +n boxes (max_nodes={max_nodes})"
-        if lay.collapsed
-        else ""
-    )
+    settings = _settings_line(circuit)
     bundle = ""
-    if any("CircuitsVis." in info for info in infos):
+    if any("CircuitsVis." in info for _, info in panels):
         from sfc_plugin.frontend.dashboards import circuitsvis_script
 
         bundle = circuitsvis_script()
-    body = (
-        f'<div class="sfc-circuit">{_STYLE}'
-        f'<div class="sfc-head"><b>Circuit</b>: {len(circuit.nodes)} nodes, '
-        f"{len(circuit.edges)} edges ({shown} nodes drawn{note})"
-        f'<div class="sfc-settings">{html.escape(_settings_line(circuit))}</div></div>'
-        '<div class="sfc-bar">'
-        '<label>node |effect| ≥ <input type="range" class="sfc-node-t" min="0" max="1000" '
-        'value="0"> <span class="sfc-node-v">0</span></label>'
-        '<label>edge |effect| ≥ <input type="range" class="sfc-edge-t" min="0" max="1000" '
-        'value="0"> <span class="sfc-edge-v">0</span></label>'
-        '<label><input type="checkbox" class="sfc-fit-toggle"> fit to width</label>'
-        '<span class="sfc-count"></span></div>'
-        f'<div class="sfc-main"><div class="sfc-graph">{_svg(lay)}</div>'
-        f'<div class="sfc-panel"><div class="sfc-details"></div>{"".join(infos)}</div></div>'
-        f"{bundle}"
-        '<script type="application/json" class="sfc-data">'
-        f"{payload}</script>"
-        f"<script>{_SCRIPT}</script></div>"
+    body = render_template(
+        "circuit.html",
+        n_nodes=len(circuit.nodes),
+        n_edges=len(circuit.edges),
+        shown=shown,
+        collapsed=lay.collapsed,
+        max_nodes=max_nodes,
+        settings=settings,
+        svg=Markup(_svg(lay)),
+        panels=panels,
+        bundle=Markup(bundle),
+        data={"nodes": nodes, "edges": [list(e) for e in lay.edges]},
     )
     if not page:
         return body
-    title = html.escape(f"Circuit: {_settings_line(circuit)}")
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>'
-        f"<body>{body}</body></html>\n"
-    )
+    return render_template("page.html", title=f"Circuit: {settings}", body=Markup(body))
 
 
-def save_html(circuit: Circuit, path: str | Path, **options: Any) -> None:
+def save_html(circuit: CircuitData, path: str | Path, **options: Any) -> None:
     """Write the interactive picture as a self-contained page (works offline)."""
     Path(path).write_text(render_html(circuit, page=True, **options), encoding="utf-8")
 
@@ -653,7 +648,7 @@ def run_chromium(args: Sequence[str], timeout: float = 120) -> subprocess.Comple
 
 
 def save_png(
-    circuit: Circuit,
+    circuit: CircuitData,
     path: str | Path,
     *,
     scale: float = 2.0,
@@ -668,9 +663,7 @@ def save_png(
     with tempfile.TemporaryDirectory(prefix="sfc-png-") as tmp:
         page = Path(tmp) / "figure.html"
         page.write_text(
-            '<!DOCTYPE html><html><head><meta charset="utf-8"><style>html, body '
-            f"{{ margin: 0; background: #fff; }}</style></head><body>{_svg(lay)}</body></html>",
-            encoding="utf-8",
+            render_template("figure.html", title=None, body=Markup(_svg(lay))), encoding="utf-8"
         )
         run_chromium(
             [
@@ -683,251 +676,3 @@ def save_png(
         )
     if not out.exists():
         raise RuntimeError(f"Chromium wrote no screenshot to {out}")
-
-
-_STYLE = """<style>
-.sfc-circuit { font-family: Helvetica, Arial, sans-serif; font-size: 13px; color: #222; }
-.sfc-circuit .sfc-settings { color: #666; font-size: 12px; margin-top: 2px; }
-.sfc-circuit .sfc-bar { display: flex; flex-wrap: wrap; gap: 18px; align-items: center;
-  margin: 6px 0; font-size: 12px; }
-.sfc-circuit .sfc-bar input { vertical-align: middle; }
-.sfc-circuit .sfc-bar input[type="range"] { width: 140px; }
-.sfc-circuit .sfc-count { color: #666; }
-.sfc-circuit .sfc-main { display: flex; gap: 12px; align-items: flex-start; }
-.sfc-circuit .sfc-graph { flex: 1 1 auto; min-width: 0; overflow: auto; }
-.sfc-circuit .sfc-graph svg { display: block; }
-.sfc-circuit.sfc-fit .sfc-graph svg { max-width: 100%; height: auto; }
-.sfc-circuit .sfc-panel { flex: 0 0 300px; max-height: 90vh; overflow: auto; font-size: 12px;
-  border-left: 1px solid #ddd; padding-left: 10px; position: sticky; top: 0; }
-.sfc-circuit .sfc-panel h4 { margin: 0 0 4px; font-family: monospace; font-size: 12px;
-  word-break: break-all; }
-.sfc-circuit .sfc-panel h5 { margin: 8px 0 2px; font-size: 12px; }
-.sfc-circuit .sfc-panel .sfc-muted { color: #777; }
-.sfc-circuit .sfc-ctx { font-family: monospace; white-space: pre-wrap; margin: 2px 0;
-  line-height: 1.5; }
-.sfc-circuit .sfc-ctx .sfc-focus-token { outline: 1.5px solid #333; }
-.sfc-circuit .sfc-chip { display: inline-block; font-family: monospace; white-space: pre;
-  border-radius: 3px; padding: 0 3px; margin: 1px; }
-.sfc-circuit .sfc-node { cursor: pointer; }
-.sfc-circuit .sfc-hidden { display: none; }
-.sfc-circuit.sfc-focused .sfc-edge { opacity: 0.07; }
-.sfc-circuit.sfc-focused .sfc-node { opacity: 0.3; }
-.sfc-circuit.sfc-focused .sfc-on { opacity: 1; }
-.sfc-circuit .sfc-selected > :nth-child(2) { stroke: #111; stroke-width: 2.5; }
-</style>"""
-
-# The page's behaviour: hover / click details, threshold sliders, URL-fragment settings.
-_SCRIPT = r"""
-(function () {
-  "use strict";
-  var root = document.currentScript && document.currentScript.closest(".sfc-circuit");
-  if (!root) {  // scripts run by innerHTML insertion: the first circuit not set up yet
-    root = document.querySelector(".sfc-circuit:not([data-sfc-ready])");
-  }
-  if (!root || root.hasAttribute("data-sfc-ready")) return;
-  var data = JSON.parse(root.querySelector("script.sfc-data").textContent);
-  var details = root.querySelector(".sfc-details");
-  var nodeEls = {}, edgeEls = [];
-  root.querySelectorAll("g.sfc-node").forEach(function (g) {
-    nodeEls[g.getAttribute("data-node")] = g;
-  });
-  root.querySelectorAll("path.sfc-edge").forEach(function (p) { edgeEls.push(p); });
-  var pinned = null, shown = null;
-
-  function el(tag, cls, text, parent) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = text;
-    if (parent) parent.appendChild(e);
-    return e;
-  }
-  function fmt(x) { return (x >= 0 ? "+" : "") + Number(x).toPrecision(3); }
-  function rgba(rgb, t) { return "rgba(" + rgb.join(",") + "," + t.toFixed(3) + ")"; }
-  function visible(t) { return t.replace(/\n/g, "\u21b5"); }
-
-  function edgeList(title, list, other) {
-    if (!list.length) return;
-    list.sort(function (a, b) { return Math.abs(b[2]) - Math.abs(a[2]); });
-    el("h5", null, title + " (" + list.length + ")", details);
-    list.slice(0, 6).forEach(function (e) {
-      var line = el("div", "sfc-muted", null, details);
-      el("span", null, fmt(e[2]) + " ", line).style.color = e[2] >= 0 ? "#2166ac" : "#b2182b";
-      el("span", null, e[other], line);
-    });
-  }
-
-  function tokens(title, list, rgb) {
-    if (!list || !list.length) return;
-    el("h5", null, title, details);
-    var max = Math.max.apply(null, list.map(function (t) { return Math.abs(t.value); })) || 1;
-    var box = el("div", null, null, details);
-    list.forEach(function (t) {
-      var chip = el("span", "sfc-chip", visible(t.token), box);
-      chip.style.background = rgba(rgb, 0.15 + 0.5 * Math.abs(t.value) / max);
-      chip.title = fmt(t.value);
-    });
-  }
-
-  function contexts(list) {
-    if (!list || !list.length) return;
-    el("h5", null, "Top activating contexts", details);
-    var max = 0;
-    list.forEach(function (c) { c.values.forEach(function (v) { max = Math.max(max, v); }); });
-    list.forEach(function (c) {
-      var line = el("div", "sfc-ctx", null, details);
-      c.tokens.forEach(function (t, i) {
-        var v = c.values[i] || 0;
-        var span = el("span", i === c.focus ? "sfc-focus-token" : null, visible(t), line);
-        if (v > 0 && max > 0) span.style.background = rgba([255, 127, 14], 0.85 * v / max);
-        span.title = v.toPrecision(3);
-      });
-    });
-  }
-
-  function describe(id) {
-    details.textContent = "";
-    root.querySelectorAll(".sfc-html").forEach(function (d) {
-      d.hidden = d.getAttribute("data-for") !== id;
-    });
-    if (!id) {
-      el("p", "sfc-muted", "Hover a node for details, click to pin it.", details);
-      return;
-    }
-    var n = data.nodes[id];
-    el("h4", null, id, details);
-    if (n.kind === "metric") {
-      el("div", null, "The metric: edges into it are the nodes' direct effects.", details);
-    } else {
-      var where = n.site + (n.position === null ? "" : ", position " + n.position) +
-        (n.token === undefined ? "" : " (" + JSON.stringify(n.token) + ")");
-      el("div", null, n.kind + " at " + where, details);
-      var eff = el("div", null, (n.kind === "more" ? "total effect " : "effect ") + fmt(n.effect),
-        details);
-      eff.style.color = n.effect >= 0 ? "#2166ac" : "#b2182b";
-    }
-    if (n.members) {
-      el("h5", null, n.members.length + " nodes collapsed here", details);
-      n.members.slice(0, 12).forEach(function (m) {
-        el("div", "sfc-muted", fmt(m[1]) + " " + m[0], details);
-      });
-    }
-    var info = n.info || {};
-    if (info.label) el("div", null, info.label, details).style.fontWeight = "bold";
-    if (info.firing_rate !== undefined) {
-      el("div", "sfc-muted", "fires on " + (100 * info.firing_rate).toPrecision(3) +
-        "% of tokens" + (info.max_activation !== undefined ?
-        ", max activation " + Number(info.max_activation).toPrecision(3) : ""), details);
-    }
-    contexts(info.contexts);
-    tokens("Promoted output tokens", info.promoted, [33, 102, 172]);
-    tokens("Suppressed output tokens", info.suppressed, [178, 24, 43]);
-    edgeList("Upstream", data.edges.filter(function (e) { return e[1] === id; }), 0);
-    edgeList("Downstream", data.edges.filter(function (e) { return e[0] === id; }), 1);
-  }
-
-  function focus(id) {
-    if (id === shown) return;
-    shown = id;
-    root.classList.toggle("sfc-focused", !!id);
-    root.querySelectorAll(".sfc-on, .sfc-selected").forEach(function (e) {
-      e.classList.remove("sfc-on", "sfc-selected");
-    });
-    if (id) {
-      nodeEls[id].classList.add("sfc-on", "sfc-selected");
-      edgeEls.forEach(function (p) {
-        var up = p.getAttribute("data-up"), down = p.getAttribute("data-down");
-        if (up === id || down === id) {
-          p.classList.add("sfc-on");
-          nodeEls[up === id ? down : up].classList.add("sfc-on");
-        }
-      });
-    }
-    describe(id);
-  }
-
-  Object.keys(nodeEls).forEach(function (id) {
-    var g = nodeEls[id];
-    g.addEventListener("mouseenter", function () { if (!pinned) focus(id); });
-    g.addEventListener("mouseleave", function () { if (!pinned) focus(null); });
-    g.addEventListener("click", function (ev) {
-      ev.stopPropagation();
-      pinned = pinned === id ? null : id;
-      focus(pinned || id);
-    });
-  });
-  root.querySelector("svg").addEventListener("click", function () { pinned = null; focus(null); });
-  // Fit the picture to the width by default if that keeps its text at least 3/4 size.
-  var fit = root.querySelector(".sfc-fit-toggle"), svg = root.querySelector("svg");
-  fit.checked = svg.width.baseVal.value * 0.75 <= root.querySelector(".sfc-graph").clientWidth;
-  root.classList.toggle("sfc-fit", fit.checked);
-  fit.addEventListener("change", function () { root.classList.toggle("sfc-fit", fit.checked); });
-
-  // Thresholds: slider 0 shows everything, 1..1000 spans [min, max] |effect| on a log scale.
-  function range(values) {
-    var abs = values.map(Math.abs).filter(function (v) { return v > 0; });
-    return abs.length ? [Math.min.apply(null, abs), Math.max.apply(null, abs)] : [0, 0];
-  }
-  var real = Object.keys(data.nodes).filter(function (id) {
-    var k = data.nodes[id].kind;
-    return k === "feature" || k === "error";
-  });
-  var sliders = {
-    node: {input: root.querySelector(".sfc-node-t"), label: root.querySelector(".sfc-node-v"),
-      range: range(real.map(function (id) { return data.nodes[id].effect; })), value: 0},
-    edge: {input: root.querySelector(".sfc-edge-t"), label: root.querySelector(".sfc-edge-v"),
-      range: range(data.edges.map(function (e) { return e[2]; })), value: 0}
-  };
-  function set(s, value) {
-    var lo = s.range[0], hi = s.range[1];
-    s.value = value;
-    s.input.value = value <= 0 || !lo ? 0 : hi > lo ?
-      Math.max(1, Math.min(1000, Math.round(1000 * Math.log(value / lo) / Math.log(hi / lo)))) :
-      1000;
-    s.label.textContent = value > 0 ? Number(value).toPrecision(3) : "0";
-  }
-  function fromSlider(s) {
-    var p = Number(s.input.value), lo = s.range[0], hi = s.range[1];
-    return p === 0 || !lo ? 0 : lo * Math.pow(hi / lo, p / 1000);
-  }
-  function apply() {
-    var hidden = {}, nodes = 0, edges = 0;
-    real.forEach(function (id) {
-      var off = Math.abs(data.nodes[id].effect) < sliders.node.value;
-      if (off) hidden[id] = true; else nodes++;
-      nodeEls[id].classList.toggle("sfc-hidden", off);
-    });
-    edgeEls.forEach(function (p) {
-      var off = Math.abs(Number(p.getAttribute("data-effect"))) < sliders.edge.value ||
-        hidden[p.getAttribute("data-up")] || hidden[p.getAttribute("data-down")];
-      if (!off) edges++;
-      p.classList.toggle("sfc-hidden", !!off);
-    });
-    root.querySelector(".sfc-count").textContent = "showing " + nodes + " of " + real.length +
-      " nodes, " + edges + " of " + edgeEls.length + " edges";
-  }
-  ["node", "edge"].forEach(function (k) {
-    var s = sliders[k];
-    s.input.disabled = !s.range[0];
-    s.input.addEventListener("input", function () {
-      s.value = fromSlider(s);
-      s.label.textContent = s.value > 0 ? s.value.toPrecision(3) : "0";
-      apply();
-    });
-  });
-
-  // URL fragment: #node_threshold=0.05&edge_threshold=0.01&select=<node id>
-  var params = new URLSearchParams(location.hash.slice(1));
-  if (params.has("node_threshold")) set(sliders.node, Number(params.get("node_threshold")));
-  if (params.has("edge_threshold")) set(sliders.edge, Number(params.get("edge_threshold")));
-  apply();
-  var select = params.get("select");
-  if (select && nodeEls[select]) {
-    pinned = select;
-    focus(select);
-    nodeEls[select].scrollIntoView({block: "nearest", inline: "center"});
-  } else {
-    describe(null);
-  }
-  root.setAttribute("data-sfc-ready", "true");
-})();
-"""
