@@ -32,8 +32,9 @@ import pandas as pd
 from sae_lens import SAE
 
 import sfc_plugin
-from sfc_plugin.attribution import NodeEffects, edge_effects, node_effects
-from sfc_plugin.attribution.run import Ablation, Aggregation
+from sfc_plugin.attribution.edges import run_edge_effects
+from sfc_plugin.attribution.effects import NodeEffects, run_node_effects
+from sfc_plugin.attribution.run import Ablation, Aggregation, prepare_run
 from sfc_plugin.nodes import METRIC_NODE
 
 SCHEMA = "sfc_plugin.circuit"
@@ -205,6 +206,7 @@ def discover_circuit(
     batch_size: int = 16,
     max_batch_rows: int | None = None,
     effects: NodeEffects | None = None,
+    gradient_cache_bytes: int = 2**30,
     progress: bool = True,
 ) -> Circuit:
     """Discover the sparse feature circuit of ``model`` with ``saes`` on ``data``.
@@ -212,14 +214,21 @@ def discover_circuit(
     Node and edge effects as in ``node_effects`` / ``edge_effects`` (same arguments);
     ``node_threshold`` and ``edge_threshold`` are absolute; ``max_nodes`` caps the node count
     (largest ``|effect|`` first). ``effects``: node effects already computed with these
-    settings on this data (skips that pass). Returns a ``Circuit``.
+    settings on this data (skips that pass). The node pass keeps each batch's gradient terms
+    (up to ``gradient_cache_bytes`` in all, on the model's device) for the edge pass, so IG
+    gradients are computed once; 0 recomputes them. Returns a ``Circuit``.
     """
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     if max_nodes is not None and (not isinstance(max_nodes, int) or max_nodes < 1):
         raise ValueError(f"max_nodes must be a positive integer or None, got {max_nodes!r}")
-    common = dict(
+    if method not in ("atp", "ig"):
+        raise ValueError(f"method must be 'atp' or 'ig' for circuits, got {method!r}")
+    run = prepare_run(
+        model,
+        saes,
+        data,
         method=method,
         steps=steps,
         metric=metric,
@@ -227,12 +236,10 @@ def discover_circuit(
         aggregation=aggregation,
         batch_size=batch_size,
         max_batch_rows=max_batch_rows,
-        progress=progress,
+        cache_bytes=gradient_cache_bytes if effects is None else 0,
     )
-    if method not in ("atp", "ig"):
-        raise ValueError(f"method must be 'atp' or 'ig' for circuits, got {method!r}")
     if effects is None:
-        effects = node_effects(model, saes, data, **common)
+        effects = run_node_effects(model, run, progress=progress)
     else:
         given = (effects.method, effects.ablation, effects.aggregation, effects.steps)
         wanted = (method, ablation, aggregation, steps if method == "ig" else None)
@@ -248,7 +255,7 @@ def discover_circuit(
     nodes = nodes.reset_index(drop=True)
     edges = pd.DataFrame(columns=EDGE_COLUMNS)
     if len(nodes):
-        edges = edge_effects(model, saes, data, list(nodes.node), effects=effects, **common)
+        edges = run_edge_effects(model, run, list(nodes.node), effects=effects, progress=progress)
         edges = edges[edges.effect.abs() > edge_threshold].reset_index(drop=True)
     settings = {
         "model": getattr(model.cfg, "model_name", None),

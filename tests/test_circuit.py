@@ -142,3 +142,34 @@ def test_bad_arguments(setup):
     for node, message in bad.items():
         with pytest.raises(ValueError, match=message):
             edge_effects(model, saes, PAIRS, [node], method="atp")
+
+
+def test_ig_circuit_computes_gradients_once(setup, monkeypatch):
+    """With the gradient cache (the default) discover_circuit runs the IG path once per batch
+    and site; with ``gradient_cache_bytes=0`` twice (node and edge passes). Both circuits are
+    the same to the bit."""
+    from sfc_plugin.attribution import run as run_module
+
+    model, saes, _ = setup
+    calls = []
+    real = run_module._ig_mean_grads
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_ig_mean_grads", counted)
+    kw = dict(method="ig", steps=3, node_threshold=0.01, edge_threshold=0.001, batch_size=2)
+    cached = discover_circuit(model, saes, PAIRS, **kw)
+    once = len(calls)
+    calls.clear()
+    fresh = discover_circuit(model, saes, PAIRS, gradient_cache_bytes=0, **kw)
+    n_batches, n_sites = 2, len(HOOKS)
+    assert once == n_batches * n_sites and len(calls) == 2 * once
+    assert len(cached.edges) > 10
+    pd.testing.assert_frame_equal(cached.nodes, fresh.nodes)
+    pd.testing.assert_frame_equal(cached.edges, fresh.edges)
+    # a budget too small for one batch keeps nothing and recomputes
+    calls.clear()
+    discover_circuit(model, saes, PAIRS, gradient_cache_bytes=1, **kw)
+    assert len(calls) == 2 * once

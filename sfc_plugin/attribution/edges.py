@@ -239,8 +239,6 @@ def edge_effects(
     downstream nodes sharing one backward. ``effects`` (the node effects of the same call)
     gives the metric edges of the last site, whose node effects they are.
     """
-    if method not in ("atp", "ig"):
-        raise ValueError(f"edges are computed with method 'atp' or 'ig', got {method!r}")
     run = prepare_run(
         model,
         saes,
@@ -253,9 +251,24 @@ def edge_effects(
         batch_size=batch_size,
         max_batch_rows=max_batch_rows,
     )
+    return run_edge_effects(model, run, nodes, effects=effects, progress=progress)
+
+
+def run_edge_effects(
+    model,
+    run: EffectsRun,
+    nodes: Sequence[str],
+    *,
+    effects: NodeEffects | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """``edge_effects`` on a prepared run (``prepare_run``); with the run of the node pass and
+    its ``cache_bytes``, the gradient terms are reused instead of recomputed."""
+    if run.method not in ("atp", "ig"):
+        raise ValueError(f"edges are computed with method 'atp' or 'ig', got {run.method!r}")
     kept = kept_nodes(run.sites, nodes, run.tokens.n_pos, run.templatic)
     acc = EdgeAccumulator(kept)
-    for batch in run.batches(progress, f"edges ({method})"):
+    for batch in run.batches(progress, f"edges ({run.method})"):
         clean, terms = run.gradient_terms(model, batch)
         batch_edges(model, run, batch, clean, terms, kept, acc)
     n = len(run.dataset)

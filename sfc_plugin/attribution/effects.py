@@ -37,6 +37,7 @@ from sfc_plugin.attribution.run import (
     Ablation,
     Aggregation,
     CleanPass,
+    EffectsRun,
     Method,
     ablated_values,
     clean_pass,
@@ -154,6 +155,14 @@ def node_effects(
     )
     if nodes is not None and method != "exact":
         raise ValueError("nodes= selects nodes for method='exact' only; AtP and IG get all nodes")
+    return run_node_effects(model, run, nodes=nodes, progress=progress)
+
+
+def run_node_effects(
+    model, run: EffectsRun, *, nodes: Sequence[str] | None = None, progress: bool = True
+) -> NodeEffects:
+    """``node_effects`` on a prepared run (``prepare_run``), e.g. one an edge pass shares."""
+    method, ablation = run.method, run.ablation
     templatic = run.templatic
     wanted = None
     if nodes is not None:
@@ -196,8 +205,8 @@ def node_effects(
         errors=errors,
         method=method,
         ablation=ablation,
-        aggregation=aggregation,
-        steps=steps if method == "ig" else None,
+        aggregation="templatic" if templatic else "sum",
+        steps=run.steps if method == "ig" else None,
         n_examples=n,
         metric_clean=metric_sum / n,
         sites=run.sites,

@@ -17,7 +17,7 @@ forward nor its backward touches the layers below the site.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -71,20 +71,34 @@ class EffectsRun:
     batch_size: int
     max_rows: int
     means: dict[str, tuple[Tensor, Tensor]] | None
+    cache_bytes: int = 0
+    _batches: list[Batch] | None = field(default=None, repr=False)
+    _cache: dict[int, tuple[CleanPass, dict[str, SiteTerms]]] = field(
+        default_factory=dict, repr=False
+    )
+    _cached_bytes: int = field(default=0, repr=False)
 
     def batches(self, progress: bool, desc: str) -> Iterator[Batch]:
-        n = self.tokens.n_batches(self.batch_size)
+        """The data's batches, the same objects on every call (so their terms can be kept)."""
+        if self._batches is None:
+            self._batches = list(self.tokens.batches(self.batch_size))
         return iter(
             tqdm(
-                self.tokens.batches(self.batch_size),
-                total=n,
-                disable=not progress or n <= 1,
+                self._batches,
+                disable=not progress or len(self._batches) <= 1,
                 desc=desc,
             )
         )
 
     def gradient_terms(self, model, batch: Batch) -> tuple[CleanPass, dict[str, SiteTerms]]:
-        """The clean pass and every site's gradient and ablation terms for ``batch``."""
+        """The clean pass and every site's gradient and ablation terms for ``batch``.
+
+        With ``cache_bytes > 0`` the results of a batch are kept (up to that many bytes in
+        all) and returned again on the next call for the same batch: a node pass followed by
+        an edge pass (``discover_circuit``) then computes the IG gradients once. The kept
+        clean pass holds the metric and the clean values only."""
+        if id(batch) in self._cache:
+            return self._cache[id(batch)]
         clean = clean_pass(model, self.sites, batch, self.metric, grad=True)
         ablated = ablated_values(model, self.sites, batch, self.ablation, self.means, clean)
         terms = {}
@@ -97,7 +111,19 @@ class EffectsRun:
                     model, site, batch, self.metric, clean, f_a, e_a, self.steps, self.max_rows
                 )
             terms[h] = SiteTerms(g_f, g_e, f_a - clean.features[h], e_a - clean.errors[h])
+        if self.cache_bytes > 0:
+            kept = CleanPass(clean.metric, clean.features, clean.errors, {}, {}, {})
+            size = _nbytes(kept.metric, *kept.features.values(), *kept.errors.values())
+            size += sum(_nbytes(*vars(t).values()) for t in terms.values())
+            if self._cached_bytes + size <= self.cache_bytes:
+                self._cache[id(batch)] = (kept, terms)
+                self._cached_bytes += size
         return clean, terms
+
+
+def _nbytes(*tensors: Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
 
 def prepare_run(
     model,
@@ -111,8 +137,10 @@ def prepare_run(
     aggregation,
     batch_size,
     max_batch_rows,
+    cache_bytes: int = 0,
 ) -> EffectsRun:
-    """Check every argument (errors name it) and tokenize the data once."""
+    """Check every argument (errors name it) and tokenize the data once; ``cache_bytes`` as
+    in ``EffectsRun.gradient_terms``."""
     check_choice("method", method, ("exact", "atp", "ig"))
     check_choice("ablation", ablation, ("patch", "zero", "mean"))
     check_choice("aggregation", aggregation, ("templatic", "sum"))
@@ -145,6 +173,7 @@ def prepare_run(
         batch_size=batch_size,
         max_rows=max_batch_rows or batch_size * steps,
         means=means,
+        cache_bytes=cache_bytes,
     )
 
 def run_model(model, tokens: Tensor, start: tuple[int, Tensor] | None, hooks) -> Tensor:
