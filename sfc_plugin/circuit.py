@@ -218,6 +218,47 @@ def discover_circuit(
     (up to ``gradient_cache_bytes`` in all, on the model's device) for the edge pass, so IG
     gradients are computed once; 0 recomputes them. Returns a ``Circuit``.
     """
+    return circuit_and_effects(
+        model,
+        saes,
+        data,
+        method=method,
+        steps=steps,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        aggregation=aggregation,
+        metric=metric,
+        ablation=ablation,
+        max_nodes=max_nodes,
+        batch_size=batch_size,
+        max_batch_rows=max_batch_rows,
+        effects=effects,
+        gradient_cache_bytes=gradient_cache_bytes,
+        progress=progress,
+    )[0]
+
+
+def circuit_and_effects(
+    model,
+    saes: Mapping[str, SAE],
+    data,
+    *,
+    method: Literal["atp", "ig"] = "ig",
+    steps: int = 10,
+    node_threshold: float = 0.1,
+    edge_threshold: float = 0.01,
+    aggregation: Aggregation = "templatic",
+    metric: Callable | None = None,
+    ablation: Ablation = "patch",
+    max_nodes: int | None = None,
+    batch_size: int = 16,
+    max_batch_rows: int | None = None,
+    effects: NodeEffects | None = None,
+    gradient_cache_bytes: int = 2**30,
+    progress: bool = True,
+) -> tuple[Circuit, NodeEffects]:
+    """``discover_circuit``, also returning the node effects it computed (or was given),
+    for callers that reuse them (threshold sweeps)."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -272,7 +313,7 @@ def discover_circuit(
         "metric_clean": effects.metric_clean,
         "sfc_plugin_version": sfc_plugin.__version__,
     }
-    return Circuit(_restore(nodes[NODE_COLUMNS].copy()), edges, settings)
+    return Circuit(_restore(nodes[NODE_COLUMNS].copy()), edges, settings), effects
 
 
 def _sae_ids(saes: Mapping[str, SAE]) -> dict[str, dict[str, Any]]:

@@ -233,6 +233,37 @@ def test_faithfulness_curve_rows_equal_single_evaluations(tokenizer, pairs):
     torch.testing.assert_close(
         torch.tensor(again.faithfulness.values), torch.tensor(feats.faithfulness.values)
     )
+    # an evaluator passed in is the one that scores (the report shares its own)
+    ev = Evaluator(model, saes, test, progress=False)
+    calls = []
+    real = ev.scores
+    ev.scores = lambda nodes: calls.append(1) or real(nodes)
+    shared = faithfulness_curve(
+        model,
+        saes,
+        train,
+        test,
+        thresholds,
+        neurons=False,
+        effects={"features": effects},
+        evaluators={"features": ev},
+        progress=False,
+    )
+    assert len(calls) == len(thresholds)
+    pd.testing.assert_frame_equal(shared, feats)
+    with pytest.raises(ValueError, match="errors='keep'"):
+        faithfulness_curve(
+            model,
+            saes,
+            train,
+            test,
+            thresholds,
+            neurons=False,
+            errors="remove",
+            effects={"features": effects},
+            evaluators={"features": ev},
+            progress=False,
+        )
     reach = nodes_to_reach(curve, 0.5)
     assert set(reach) == {"features", "neurons"}
     hit = feats[feats.faithfulness >= 0.5]

@@ -64,6 +64,7 @@ def faithfulness_curve(
     metric: Callable | None = None,
     batch_size: int = 16,
     effects: Mapping[str, NodeEffects] | None = None,
+    evaluators: Mapping[str, Evaluator] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Faithfulness and completeness against circuit size, for feature circuits and (with
@@ -72,7 +73,9 @@ def faithfulness_curve(
     For each kind, node effects are computed once on ``data_train`` (``method``, ``steps``,
     ``discovery_ablation``; or taken from ``effects[kind]``), and for each threshold the
     circuit ``{|effect| > threshold}`` is scored on ``data_test`` (``ablation``,
-    ``start_layer``, ``errors`` as in ``faithfulness``), sharing m(M) and m(empty).
+    ``start_layer``, ``errors`` as in ``faithfulness``), sharing m(M) and m(empty), by one
+    ``Evaluator`` per kind (or ``evaluators[kind]``, built by the caller on ``data_test``
+    with these dictionaries and settings).
     ``thresholds``: absolute values, or None for ``default_thresholds`` of each kind (their
     effect scales differ).
 
@@ -99,18 +102,25 @@ def faithfulness_curve(
                 progress=progress,
             )
         table = eff.to_frame()
-        ev = Evaluator(
-            model,
-            dictionaries,
-            data_test,
-            aggregation=aggregation,
-            ablation=ablation,
-            start_layer=start_layer,
-            errors=errors,
-            metric=metric,
-            batch_size=batch_size,
-            progress=False,
-        )
+        ev = (evaluators or {}).get(kind)
+        if ev is not None and (ev.errors, ev.templatic) != (errors, aggregation == "templatic"):
+            raise ValueError(
+                f"evaluators[{kind!r}] scores with errors={ev.errors!r}, templatic="
+                f"{ev.templatic}; the curve asks for errors={errors!r}, {aggregation!r}"
+            )
+        if ev is None:
+            ev = Evaluator(
+                model,
+                dictionaries,
+                data_test,
+                aggregation=aggregation,
+                ablation=ablation,
+                start_layer=start_layer,
+                errors=errors,
+                metric=metric,
+                batch_size=batch_size,
+                progress=False,
+            )
         chosen = default_thresholds(eff) if thresholds is None else list(thresholds)
         for t in tqdm(chosen, desc=f"faithfulness curve ({kind})", disable=not progress):
             nodes = list(table.node[table.effect.abs() > t])

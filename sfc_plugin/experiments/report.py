@@ -18,9 +18,8 @@ from typing import Any, Literal
 import pandas as pd
 from sae_lens import SAE
 
-from sfc_plugin.attribution import node_effects
 from sfc_plugin.attribution.run import Aggregation
-from sfc_plugin.circuit import Circuit, discover_circuit
+from sfc_plugin.circuit import Circuit, circuit_and_effects
 from sfc_plugin.data import Dataset, read_dataset
 from sfc_plugin.evaluation import ErrorPolicy, Evaluator, faithfulness_curve, nodes_to_reach
 from sfc_plugin.frontend.report_page import report_html
@@ -87,7 +86,9 @@ def circuit_report(
     """Discover a circuit on ``data_train`` and score it on ``data_test``; write the HTML page
     to ``out`` (None: no page).
 
-    Node effects are computed once and shared by the circuit and the feature curve; with
+    Node effects and their gradients are computed once and shared by the circuit's nodes,
+    its edges and the feature curve, and one evaluator scores the circuit and the feature
+    curve; with
     ``neurons`` the curve also has neuron circuits (one more node-effects pass).
     ``dashboards``: hover information for the circuit page (``render.render_html``).
     Other arguments as in ``discover_circuit`` and ``faithfulness``.
@@ -95,12 +96,7 @@ def circuit_report(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     common = dict(metric=metric, aggregation=aggregation, batch_size=batch_size)
-    effects = node_effects(
-        model, saes, data_train, method=method, steps=steps, progress=progress, **common
-    )
-    timings["node effects"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    circuit = discover_circuit(
+    circuit, effects = circuit_and_effects(
         model,
         saes,
         data_train,
@@ -108,13 +104,12 @@ def circuit_report(
         steps=steps,
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
-        effects=effects,
         progress=progress,
         **common,
     )
     first = read_dataset(data_train).examples[0].clean_prefix
     circuit.settings["tokens"] = model.to_str_tokens(first)
-    timings["edges"] = time.perf_counter() - t0
+    timings["circuit (nodes and edges)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ev = Evaluator(
         model, saes, data_test, errors=errors, start_layer=start_layer, progress=False, **common
@@ -136,6 +131,7 @@ def circuit_report(
             errors=errors,
             start_layer=start_layer,
             effects={"features": effects},
+            evaluators={"features": ev},
             progress=progress,
             **common,
         )
