@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sfc_plugin.demo
+	$(PY) -m sfc_plugin demo
 
 # Headless Chromium for the circuit-page test (Debian package; needs root, else the test skips
 # outside CI).

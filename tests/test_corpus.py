@@ -18,7 +18,7 @@ from sfc_plugin.training.corpus import (
     MAX_CHARS,
     MIN_CHARS,
     MissingSourceError,
-    build,
+    build_corpus,
     check_sources,
     clean_fortune,
     clean_gcide_entry,
@@ -248,7 +248,7 @@ def _count_words(texts: list[str]) -> list[int]:
 
 
 def _build(out: Path, roots: dict[str, Path], **kwargs) -> dict:
-    return build(out, roots, count_tokens=_count_words, heldout_fraction=0.2, **kwargs)
+    return build_corpus(out, roots, count_tokens=_count_words, heldout_fraction=0.2, **kwargs)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The reproduction script's pure parts (the full run is `python -m sfc_plugin.reproduce`)."""
+"""The reproduction script's pure parts (the full run is `sfc reproduce`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the SAE training command (``sfc_plugin.train``).
+"""Tests of SAE training (``sfc_plugin.training.trainer``, the ``sfc train`` command).
 
 The end-to-end tests train three tiny SAEs (layer 1 of the embedded SmolLM2, d_sae 32) on a
 few thousand tokens of a generated corpus, interrupt and crash the run, resume it, and check
@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -57,22 +58,17 @@ def corpus(tmp_path: Path) -> Path:
     return d
 
 
-def _args(
+def _config(
     corpus: Path,
     out: Path,
-    *extra: str,
+    *,
     tokens: int = TOKENS,
-    hooks: str = "attn_out,mlp_out,resid_post",
-):
-    return T.parse_args(
-        [
-            *("--corpus", str(corpus), "--out", str(out), "--layers", "1", "--hooks", hooks),
-            *("--d-sae", "32", "--k", "4", "--tokens", str(tokens)),
-            *("--context-size", "16", "--batch-size", str(BATCH), "--lm-batch-size", "8"),
-            *("--buffer-tokens", "256", "--checkpoint-every", "512"),
-            *extra,
-        ]
-    )
+    hooks: tuple[str, ...] = ("attn_out", "mlp_out", "resid_post"),
+    **options,
+) -> T.TrainConfig:
+    small = dict(layers=[1], d_sae=32, k=4, context_size=16, batch_size=BATCH, lm_batch_size=8)
+    small.update(buffer_tokens=256, checkpoint_every=512)
+    return T.TrainConfig(corpus, out, hooks=list(hooks), tokens=tokens, **{**small, **options})
 
 
 def _stop_at(monkeypatch, n_samples: int, action) -> None:
@@ -101,15 +97,33 @@ def _crash() -> None:
 # ------------------------------------------------------------------------------- no model
 
 
-def test_parse_args_defaults_and_hooks():
-    args = T.parse_args(["--corpus", "c", "--out", "o"])
-    assert args.layers == list(range(2, 30, 3))
-    assert (args.d_sae, args.k, args.architecture, args.exclude_bos) == (1152, 32, "topk", True)
-    hooks = T.hook_names(args.layers, args.hooks)
+def test_config_defaults_validation_and_record():
+    config = T.TrainConfig(corpus="c", out="o")
+    assert config.layers == list(range(2, 30, 3))
+    assert (config.d_sae, config.k, config.architecture, config.exclude_bos) == (
+        1152,
+        32,
+        "topk",
+        True,
+    )
+    hooks = T.hook_names(config.layers, config.hooks)
     assert len(hooks) == 30 and hooks[:2] == ["blocks.2.hook_attn_out", "blocks.2.hook_mlp_out"]
-    for bad in (["--hooks", "attn_z"], ["--k", "64", "--d-sae", "32"], ["--buffer-tokens", "8"]):
-        with pytest.raises(SystemExit):
-            T.parse_args(["--corpus", "c", "--out", "o", *bad])
+    for bad, message in (
+        ({"hooks": ["attn_z"]}, "hooks"),
+        ({"k": 64, "d_sae": 32}, "k must not exceed d_sae"),
+        ({"buffer_tokens": 8}, "buffer_tokens"),
+        ({"architecture": "relu"}, "architecture"),
+        ({"layers": []}, "layers"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            T.TrainConfig(corpus="c", out="o", **bad)
+    # The train_args.json of earlier runs holds these options (and two hashes); --resume
+    # compares a run with it by name, so the names must stay.
+    assert set(asdict(config)) - T.RESUMABLE_CHANGES == {
+        "model", "layers", "hooks", "d_sae", "architecture", "k", "tokens", "context_size",
+        "batch_size", "lr", "seed", "device", "exclude_bos",
+    }  # fmt: skip
+    assert T.TrainConfig(corpus="c", out="o", layers=(2, 5)).layers == [2, 5]  # as JSON reads
 
 
 def test_contexts_start_with_bos_and_separate_documents(tokenizer):
@@ -134,7 +148,7 @@ def test_train_interrupt_crash_resume(real_model, corpus, tmp_path, monkeypatch)
     # 1. Ctrl-C after step 10: the run stops at the step boundary and checkpoints there.
     _stop_at(monkeypatch, 10 * BATCH, lambda: os.kill(os.getpid(), signal.SIGINT))
     with pytest.raises(InterruptedException):
-        T.train(_args(corpus, out), model=real_model)
+        T.train(_config(corpus, out), model=real_model)
     assert signal.getsignal(signal.SIGINT) is handler_before
     assert _checkpoint_names(out) == ["1024", "1280"]  # periodic 512 pruned, interrupt at 1280
     assert T.latest_checkpoint(out / T.CHECKPOINTS_DIR).name == "1280"
@@ -143,26 +157,26 @@ def test_train_interrupt_crash_resume(real_model, corpus, tmp_path, monkeypatch)
 
     # 2. Resuming must use the same arguments, and --resume is needed to reuse --out.
     with pytest.raises(ValueError, match="differ"):
-        T.train(_args(corpus, out, "--resume", "--k", "5"), model=real_model)
+        T.train(_config(corpus, out, resume=True, k=5), model=real_model)
     with pytest.raises(FileExistsError):
-        T.train(_args(corpus, out), model=real_model)
+        T.train(_config(corpus, out), model=real_model)
     tokenize = T.tokenize_contexts
     monkeypatch.setattr(T, "tokenize_contexts", lambda *a: tokenize(*a)[1:])
     with pytest.raises(ValueError, match="training contexts differ"):
-        T.train(_args(corpus, out, "--resume"), model=real_model)
+        T.train(_config(corpus, out, resume=True), model=real_model)
     monkeypatch.setattr(T, "tokenize_contexts", tokenize)
 
     # 3. Resume, then crash (no checkpoint) after step 17: the periodic one at 2048 remains.
     _stop_at(monkeypatch, 17 * BATCH, _crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        T.train(_args(corpus, out, "--resume"), model=real_model)
+        T.train(_config(corpus, out, resume=True), model=real_model)
     assert _checkpoint_names(out) == ["1536", "2048"]
     saved = torch.load(out / T.CHECKPOINTS_DIR / "2048" / HOOKS[2] / "trainer_state.pt")
     assert saved["n_training_samples"] == 2048
 
     # 4. Resume to the end.
     monkeypatch.undo()
-    config = T.train(_args(corpus, out, "--resume"), model=real_model)
+    config = T.train(_config(corpus, out, resume=True), model=real_model)
     assert config["training_tokens"] == TOKENS and config["training_steps"] == TOKENS // BATCH
     assert config["resumed_from"].endswith("2048")
     assert config["session"]["tokens_trained"] == TOKENS - 2048
@@ -184,20 +198,20 @@ def test_train_interrupt_crash_resume(real_model, corpus, tmp_path, monkeypatch)
         assert config["saes"][hook]["l0_last_window"] == pytest.approx(4, abs=0.5)
 
     # 5. A finished run is not trained again.
-    assert T.train(_args(corpus, out, "--resume"), model=real_model) == config
+    assert T.train(_config(corpus, out, resume=True), model=real_model) == config
 
 
 @pytest.mark.real_model
 def test_same_seed_same_saes_and_evals(real_model, corpus, tmp_path):
     weights = []
     for name, seed, extra in (
-        ("a", "0", ("--eval-batches", "1", "--eval-batch-size", "2")),
-        ("b", "0", ()),
-        ("c", "1", ()),
+        ("a", 0, {"eval_batches": 1, "eval_batch_size": 2}),
+        ("b", 0, {}),
+        ("c", 1, {}),
     ):
         out = tmp_path / name
-        args = _args(corpus, out, "--seed", seed, *extra, tokens=1024, hooks="resid_post")
-        config = T.train(args, model=real_model)
+        options = _config(corpus, out, seed=seed, tokens=1024, hooks=("resid_post",), **extra)
+        config = T.train(options, model=real_model)
         weights.append(load_file(out / T.SAES_DIR / HOOKS[2] / "sae_weights.safetensors"))
         if extra:  # SAELens' evals on held-out contexts, recorded per SAE
             heldout = config["saes"][HOOKS[2]]["heldout"]

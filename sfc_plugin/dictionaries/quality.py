@@ -11,12 +11,11 @@ when an SAE is spliced in):
 * ``l0``: mean number of active features per token;
 * ``dead_fraction``: share of features that never fire on the sample.
 
-    python -m sfc_plugin.sae_quality --saes smollm2-135m-sfc --out docs/sae_quality.md
+    sfc quality --saes smollm2-135m-sfc --out docs/sae_quality.md
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sfc_plugin.datasets.text import SAMPLE, read_texts, token_batches
+from sfc_plugin.datasets.text import token_batches
 from sfc_plugin.sites import decode, encode, make_sites
 
 
@@ -153,29 +152,9 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from sfc_plugin.dictionaries import load_saes
-    from sfc_plugin.models import load_model
-
-    ap = argparse.ArgumentParser(description="Quality of SAEs on held-out text.")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--saes", required=True, help="release name or directory (see load_saes)")
-    ap.add_argument("--text", default=str(SAMPLE), help="JSONL of {'text': ...} (held out)")
-    ap.add_argument("--max-tokens", type=int, default=100_000)
-    ap.add_argument("--ce-tokens", type=int, default=16_384)
-    ap.add_argument("--out", help="write the table as Markdown here (and CSV beside it)")
-    args = ap.parse_args(argv)
-    model = load_model(args.model)
-    saes = load_saes(args.saes, device=model.cfg.device)
-    table = sae_quality(
-        model, saes, read_texts(args.text), max_tokens=args.max_tokens, ce_tokens=args.ce_tokens
-    )
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if args.out:
-        out = Path(args.out)
-        table.to_csv(out.with_suffix(".csv"), index=False)
-        out.write_text(markdown_table(table) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+def write_quality_table(table: pd.DataFrame, out: str | Path) -> None:
+    """Write ``table`` as a Markdown pipe table to ``out`` and as CSV beside it (same name,
+    ``.csv``), as ``docs/sae_quality.md`` and ``docs/sae_quality.csv`` are made."""
+    out = Path(out)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    out.write_text(markdown_table(table) + "\n")

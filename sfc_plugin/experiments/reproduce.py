@@ -1,7 +1,7 @@
 """The agreement reproduction on the embedded model: one command regenerates the numbers and
 figures of ``docs/reproduction.md``.
 
-    python -m sfc_plugin.reproduce [--out docs] [--train 64] [--test 64] [--method atp]
+    sfc reproduce [--out docs] [--train 64] [--test 64] [--method atp]
 
 For each task of METHOD.md section 6 (simple, within_rc, across_rc, across_pp), with the
 bundled SAEs and neuron dictionaries at the same 30 hooks:
@@ -18,15 +18,17 @@ Then the share of nodes common to the across-RC and across-PP circuits (position
 ``site/feature``), and an approximation check (AtP and IG against exact patching) on
 ``--approx-task``. Per-task results are written as they finish under ``OUT/reproduction/``
 (a rerun skips finished tasks; ``--fresh`` recomputes); the page's generated section, between
-its ``<!-- generated -->`` markers, is rewritten and the text around it is kept.
+its ``<!-- generated -->`` markers, is rewritten and the text around it is kept. From Python:
+``reproduce(ReproduceSettings(...))``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -42,6 +44,48 @@ START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 LEVELS = (0.5, 0.8)
 
 
+@dataclass
+class ReproduceSettings:
+    """The options of ``sfc reproduce`` (same names): where the page goes, which tasks, the
+    pairs, attribution method and IG steps, the circuit threshold, the curve's sweep
+    (``points`` thresholds over ``decades`` powers of ten), and the approximation check
+    (``approx=False`` skips it). ``fresh`` recomputes tasks finished by an earlier run."""
+
+    out: str | Path = "docs"
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    train: int = 64
+    test: int = 64
+    method: Literal["atp", "ig"] = "atp"
+    steps: int = 10
+    node_threshold: float = 0.1
+    points: int = 21
+    decades: float = 5.0
+    batch_size: int = 16
+    approx_task: str = "across_rc"
+    approx_pairs: int = 16
+    approx_top: int = 15
+    approx: bool = True
+    fresh: bool = False
+
+    def __post_init__(self) -> None:
+        self.tasks = list(self.tasks)
+        for name, chosen in (("tasks", self.tasks), ("approx_task", [self.approx_task])):
+            if bad := [t for t in chosen if t not in TASKS]:
+                raise ValueError(f"{name}: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
+        if self.method not in ("atp", "ig"):
+            raise ValueError(f"method: {self.method!r}; choose from atp, ig")
+
+    def command(self) -> str:
+        """The ``sfc reproduce`` command line that the page quotes: ``--out`` and the options
+        that set its numbers (``--train``, ``--test``, ``--method``) where not the defaults."""
+        defaults = {f.name: f.default for f in fields(self)}
+        cmd = "sfc reproduce" + (f" --out {self.out}" if str(self.out) != "docs" else "")
+        for name in ("train", "test", "method"):
+            if getattr(self, name) != defaults[name]:
+                cmd += f" --{name} {getattr(self, name)}"
+        return cmd
+
+
 def error_share(effects: NodeEffects) -> float:
     """Share of the total ``|IE|`` (all nodes, all sites) carried by error nodes."""
     err = sum(float(t.abs().sum()) for t in effects.errors.values())
@@ -54,34 +98,40 @@ def _first_reaching(curve: pd.DataFrame, kind: str, level: float) -> int | None:
     return int(part.nodes.min()) if len(part) else None
 
 
-def run_task(model, saes, task: str, args: argparse.Namespace, directory: Path) -> dict:
+def run_task(model, saes, task: str, settings: ReproduceSettings, directory: Path) -> dict:
     """Effects, curve and summary of one task; written to ``directory`` (summary last)."""
     directory.mkdir(parents=True, exist_ok=True)
-    train = agreement(task, model, n=args.train, split="train")
-    test = agreement(task, model, n=args.test, split="test")
+    train = agreement(task, model, n=settings.train, split="train")
+    test = agreement(task, model, n=settings.test, split="test")
     t0 = time.perf_counter()
     kinds = {"features": saes, "neurons": neuron_saes(model, saes)}
     effects = {
         kind: node_effects(
-            model, d, train, method=args.method, steps=args.steps, batch_size=args.batch_size
+            model,
+            d,
+            train,
+            method=settings.method,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
         )
         for kind, d in kinds.items()
     }
     thresholds = {
-        k: default_thresholds(e, n=args.points, decades=args.decades) for k, e in effects.items()
+        k: default_thresholds(e, n=settings.points, decades=settings.decades)
+        for k, e in effects.items()
     }
     curves = [
         faithfulness_curve(
             model, kinds[k], train, test, thresholds[k], neurons=False,
-            effects={"features": effects[k]}, batch_size=args.batch_size,
+            effects={"features": effects[k]}, batch_size=settings.batch_size,
         ).assign(kind=k)
         for k in kinds
     ]  # fmt: skip
     curve = pd.concat(curves, ignore_index=True)
     curve.to_csv(directory / "curve.csv", index=False)
     table = effects["features"].to_frame()
-    circuit = list(table.node[table.effect.abs() > args.node_threshold])
-    scores = Evaluator(model, saes, test, batch_size=args.batch_size, progress=False).scores(
+    circuit = list(table.node[table.effect.abs() > settings.node_threshold])
+    scores = Evaluator(model, saes, test, batch_size=settings.batch_size, progress=False).scores(
         circuit
     )
     summary = {
@@ -89,11 +139,11 @@ def run_task(model, saes, task: str, args: argparse.Namespace, directory: Path) 
         "n_train": len(train),
         "n_test": len(test),
         "example": train[0],
-        "method": args.method,
+        "method": settings.method,
         "m_model": scores.m_model,
         "m_empty": scores.m_empty,
         "error_share": error_share(effects["features"]),
-        "circuit_threshold": args.node_threshold,
+        "circuit_threshold": settings.node_threshold,
         "circuit_nodes": scores.n_nodes,
         "circuit_error_nodes": sum("/err" in n for n in circuit),
         "circuit_faithfulness": scores.faithfulness,
@@ -219,25 +269,10 @@ def write_page(page: Path, section: str) -> None:
         page.write_text("# Reproduction: subject-verb agreement\n\n" + section + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs", help="directory of reproduction.md")
-    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    ap.add_argument("--train", type=int, default=64)
-    ap.add_argument("--test", type=int, default=64)
-    ap.add_argument("--method", choices=["atp", "ig"], default="atp")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--node-threshold", type=float, default=0.1)
-    ap.add_argument("--points", type=int, default=21, help="thresholds per curve")
-    ap.add_argument("--decades", type=float, default=5.0, help="threshold range, log10")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--approx-task", default="across_rc", choices=list(TASKS))
-    ap.add_argument("--approx-pairs", type=int, default=16)
-    ap.add_argument("--approx-top", type=int, default=15)
-    ap.add_argument("--no-approx", action="store_true")
-    ap.add_argument("--fresh", action="store_true", help="recompute finished tasks")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+def reproduce(settings: ReproduceSettings) -> Path:
+    """Run the reproduction described by ``settings`` (printing progress) and rewrite the
+    generated section of ``settings.out/reproduction.md``; returns the page's path."""
+    out = Path(settings.out)
     work = out / "reproduction"
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -245,17 +280,17 @@ def main(argv: list[str] | None = None) -> None:
     saes = load_saes("smollm2-135m-sfc")
 
     summaries, curves = {}, {}
-    for task in args.tasks:
+    for task in settings.tasks:
         done = work / task / "summary.json"
-        if done.exists() and not args.fresh:
+        if done.exists() and not settings.fresh:
             summaries[task] = json.loads(done.read_text())
             print(f"{task}: already done ({done})")
         else:
-            summaries[task] = run_task(model, saes, task, args, work / task)
+            summaries[task] = run_task(model, saes, task, settings, work / task)
             print(f"{task}: done in {summaries[task]['seconds']:.0f} s")
         curves[task] = pd.read_csv(work / task / "curve.csv")
 
-    extra: dict = {"node_threshold": args.node_threshold}
+    extra: dict = {"node_threshold": settings.node_threshold}
     if {"across_rc", "across_pp"} <= set(summaries):
         extra["overlap"] = overlap(
             summaries["across_rc"]["circuit_nodes_summed"],
@@ -263,40 +298,33 @@ def main(argv: list[str] | None = None) -> None:
         )
     figures = {"curves": "reproduction/curves.png"}
     plot_faithfulness_curve(curves).savefig(out / figures["curves"], dpi=110)
-    if not args.no_approx:
+    if settings.approx:
         path, timing = work / "approximation.csv", work / "approximation_seconds.txt"
-        if path.exists() and timing.exists() and not args.fresh:
+        if path.exists() and timing.exists() and not settings.fresh:
             table = pd.read_csv(path)
         else:
             t0 = time.perf_counter()
-            data = agreement(args.approx_task, model, n=args.approx_pairs, split="train")
+            data = agreement(settings.approx_task, model, n=settings.approx_pairs, split="train")
             table = approximation_check(
-                model, saes, data, top=args.approx_top, steps=args.steps,
-                batch_size=args.batch_size,
+                model, saes, data, top=settings.approx_top, steps=settings.steps,
+                batch_size=settings.batch_size,
             )  # fmt: skip
             table.to_csv(path, index=False)
             timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
         figures["approximation"] = "reproduction/approximation.png"
-        plot_approximation(table, title=args.approx_task).savefig(
+        plot_approximation(table, title=settings.approx_task).savefig(
             out / figures["approximation"], dpi=110
         )
         extra["approximation"] = {
-            "task": args.approx_task,
-            "pairs": args.approx_pairs,
-            "top": args.approx_top,
-            "steps": args.steps,
+            "task": settings.approx_task,
+            "pairs": settings.approx_pairs,
+            "top": settings.approx_top,
+            "steps": settings.steps,
             "seconds": float(timing.read_text()),
             "rows": approximation_rows(table),
         }
-    cmd = "python -m sfc_plugin.reproduce" + (f" --out {args.out}" if args.out != "docs" else "")
-    for name in ("train", "test", "method"):
-        if getattr(args, name) != ap.get_default(name):
-            cmd += f" --{name} {getattr(args, name)}"
-    extra["command"] = cmd
+    extra["command"] = settings.command()
     (work / "extra.json").write_text(json.dumps(extra, indent=1))
-    write_page(out / "reproduction.md", generated_section(summaries, extra, figures))
-    print(f"wrote {out / 'reproduction.md'}")
-
-
-if __name__ == "__main__":
-    main()
+    page = out / "reproduction.md"
+    write_page(page, generated_section(summaries, extra, figures))
+    return page

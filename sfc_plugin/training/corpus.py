@@ -16,8 +16,9 @@ source          package               what is kept
 Algorithm:
 
 1. *Read and clean.* Each source has a reader taking the directory it reads (so tests can point
-   it at a fake tree) and returning cleaned text units: reST paragraphs with roles, directives,
-   literal/doctest blocks, tables and comments removed; single fortunes split on ``%``; one line
+   it at a fake tree) and returning cleaned text units: reST paragraphs (parsed by docutils,
+   Sphinx roles rendered as text; literal/doctest blocks, code and other non-prose directives,
+   tables and comments dropped); single fortunes split on ``%``; one line
    per WordNet synset; one gcide entry with pronunciation, etymology, labels and source tags
    removed; KJV verses grouped by chapter. Code is dropped from the Python docs on purpose:
    the SAEs serve circuits over simple English sentences, and code, markup and tables make up
@@ -48,13 +49,12 @@ sources, half of WordNet and 15 % of gcide: dictionary text is far from ordinary
 the two dictionaries together get about 40 % of the tokens; WordNet, with its modern example
 sentences, gets the larger part. ``--weight NAME=W`` overrides a rate.
 
-CLI: ``python -m sfc_plugin.corpus --out DIR [--max-tokens N] [--seed 0] [--weight NAME=W]
-[--sample PATH [--sample-tokens N]]``.
+Command: ``sfc corpus --out DIR [--max-tokens N] [--seed 0] [--weight NAME=W]
+[--sample PATH [--sample-tokens N]]``; from Python, ``build_corpus(Path(DIR), ...)``.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import importlib.metadata
@@ -62,12 +62,14 @@ import json
 import random
 import re
 import subprocess
-import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from docutils import nodes, utils
+from docutils.core import publish_doctree
+from docutils.parsers.rst import Directive, directives, roles
 from tqdm.auto import tqdm
 
 TARGET_CHARS = 2000
@@ -160,67 +162,123 @@ def _alpha_ratio(text: str) -> float:
 
 
 # --------------------------------------------------------------------------------- reST
+# docutils parses the reST. The Python docs use Sphinx's roles and directives, which docutils
+# does not know: before a document is parsed, each one it uses is registered (in docutils'
+# process-wide registries, as Sphinx does): roles are rendered as Sphinx shows them, roughly;
+# prose directives parse their body, led by Sphinx's caption; all other directives are dropped.
 
-# Directives whose body is prose, mapped to the text Sphinx shows before it ({} = argument).
-_RST_KEEP = {
+# Directives whose body is prose: (caption shown before it, filled with the required
+# arguments; required arguments; optional arguments). The version directives' optional
+# argument is the explanation on the directive line, shown after the caption (as in Sphinx);
+# the API descriptions' optional argument is their signature, dropped.
+_RST_PROSE: dict[str, tuple[str, int, int]] = {
     **dict.fromkeys(
         "function method classmethod staticmethod attribute data class exception decorator "
         "decoratormethod coroutinefunction coroutinemethod awaitablefunction abstractmethod "
         "object describe cmdoption option envvar opcode pdbcommand c:function c:member c:type "
-        "c:var c:macro c:struct c:data impl-detail only glossary epigraph topic sidebar".split(),
-        "",
+        "c:var c:macro c:struct c:data only topic sidebar".split(),
+        ("", 0, 1),
     ),
-    **dict.fromkeys("note warning important caution tip attention seealso".split(), "{}"),
-    "versionadded": "New in version {}.",
-    "versionchanged": "Changed in version {}.",
-    "deprecated": "Deprecated since version {}.",
-    "deprecated-removed": "Deprecated since version {}.",
-    "availability": "Availability: {}.",
-    "rubric": "{}",
+    **dict.fromkeys(
+        "note warning important caution tip attention seealso impl-detail glossary epigraph"
+        "".split(),
+        ("", 0, 0),
+    ),
+    "versionadded": ("New in version {}.", 1, 1),
+    "versionchanged": ("Changed in version {}.", 1, 1),
+    "deprecated": ("Deprecated since version {}.", 1, 1),
+    "deprecated-removed": ("Deprecated since version {}, will be removed in version {}.", 2, 1),
+    "availability": ("Availability: {}.", 1, 0),
+    "rubric": ("{}", 1, 0),
 }
-_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::\s*(.*)$")
-_COMMENT = re.compile(r"^\s*\.\.(\s|$)")
-_OPTION = re.compile(r"^\s+:[\w -]+:")
-_ADORNMENT = re.compile(r"""^\s*([=\-~^"'*#+`:._])\1{2,}\s*$""")
-_GRID_TABLE = re.compile(r"^\s*\+[-=+]+\+\s*$")
-_SIMPLE_TABLE = re.compile(r"^\s*=+( +=+)+\s*$")
-_LIST_MARKER = re.compile(r"^\s*([*+\-\u2022]|#\.|\d+\.|\(?\d+\)|[a-z]\.|\([a-z]\))\s+")
-_FIELD = re.compile(r"^\s*:[^:`]+:\s+")
-_LABEL = re.compile(
-    r"^\.\.\s+_([^:]+):\s*\n(?:\s*\n)*(?:([=\-~^\"'*#+`])\2{2,}\n)?(.+)\n([=\-~^\"'*#+`])\4{2,}$",
-    re.M,
+_ROLE_NAME = re.compile(r":((?:[\w-]+:)*[\w-]+):`")
+_DIRECTIVE_NAME = re.compile(r"^\s*\.\.\s+([\w:-]+)::", re.M)
+_SUBSTITUTION = re.compile(r"^\|(.+)\|_{0,2}$")
+_DOCUTILS_SETTINGS = {
+    "report_level": 5,  # silent: Sphinx-only markup and references to other files are expected
+    "halt_level": 5,
+    "warning_stream": False,
+    "file_insertion_enabled": False,
+    "raw_enabled": False,
+    "doctitle_xform": False,  # keep the first section's title a title
+    "docinfo_xform": False,  # keep a leading field list (``:Author: ...``) a field list
+}
+# Not prose: skipped with everything inside them.
+_SKIP_BLOCKS = (
+    nodes.literal_block,
+    nodes.doctest_block,
+    nodes.table,
+    nodes.comment,
+    nodes.target,
+    nodes.substitution_definition,
+    nodes.footnote,
+    nodes.citation,
+    nodes.raw,
+    nodes.option_list,
+    nodes.field_name,
+    nodes.system_message,
 )
+_SKIP_INLINE = (nodes.footnote_reference, nodes.citation_reference, nodes.system_message)
+_TEXT_BLOCKS = (nodes.paragraph, nodes.title, nodes.term, nodes.line)
 
 
-def rst_labels(text: str) -> dict[str, str]:
-    """Map the ``.. _label:`` targets of ``text`` that precede a section to its title."""
-    return {m.group(1).lower(): clean_rst_inline(m.group(3).strip()) for m in _LABEL.finditer(text)}
+class _AnyOption(dict):
+    """A directive option spec that accepts every option (Sphinx's ``:noindex:`` and such)."""
+
+    def __missing__(self, key: str) -> Callable[[str | None], str]:
+        return directives.unchanged
 
 
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
+def _option_spec() -> _AnyOption:
+    return _AnyOption(noindex=directives.flag)  # non-empty: docutils looks for options
 
 
-def _skip_indented(lines: list[str], i: int, base: int) -> int:
-    """Index of the first line from ``i`` on that is non-blank and indented <= ``base``."""
-    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > base):
-        i += 1
-    return i
+class _Dropped(Directive):
+    """A directive that is not prose (code, index entries, tables of contents, ...)."""
+
+    optional_arguments = 100
+    final_argument_whitespace = True
+    has_content = True
+    option_spec = _option_spec()
+
+    def run(self) -> list[nodes.Node]:
+        return []
 
 
-def _skip_simple_table(lines: list[str], i: int) -> int:
-    """Skip a simple table starting at border line ``i``; ends at a border before a blank."""
-    i += 1
-    while i < len(lines):
-        if _SIMPLE_TABLE.match(lines[i]) and (i + 1 == len(lines) or not lines[i + 1].strip()):
-            return i + 1
-        i += 1
-    return i
+def _prose_directive(caption: str, required: int, optional: int) -> type[Directive]:
+    """A directive whose body is parsed as reST, led by ``caption`` (see ``_RST_PROSE``)."""
+
+    class Prose(Directive):
+        required_arguments = required
+        optional_arguments = optional
+        final_argument_whitespace = True
+        has_content = True
+        option_spec = _option_spec()
+
+        def run(self) -> list[nodes.Node]:
+            body = nodes.container()
+            self.state.nested_parse(self.content, self.content_offset, body)
+            lead: list[nodes.Node] = []
+            if required:
+                lead.append(nodes.Text(caption.format(*self.arguments[:required]) + " "))
+                if len(self.arguments) > required:
+                    explanation, _ = self.state.inline_text(self.arguments[required], self.lineno)
+                    lead += [*explanation, nodes.Text(" ")]
+            if lead and body.children and isinstance(body[0], nodes.paragraph):
+                body[0][0:0] = lead
+            elif lead:
+                body.insert(0, nodes.paragraph("", "", *lead))
+            return body.children
+
+    return Prose
 
 
-def _role(match: re.Match[str], labels: dict[str, str]) -> str:
+_PROSE_DIRECTIVES = {name: _prose_directive(*spec) for name, spec in _RST_PROSE.items()}
+
+
+def _role(role: str, content: str, labels: dict[str, str]) -> str:
     """Render one ``:role:`content``` as Sphinx would show it, roughly."""
-    role, content = match.group(1), match.group(2).replace("\n", " ")
+    content = content.replace("\n", " ")
     if role in ("pep", "rfc"):
         return f"{role.upper()} {content}"
     if role in ("issue", "gh"):
@@ -244,114 +302,63 @@ def _role(match: re.Match[str], labels: dict[str, str]) -> str:
     return content
 
 
-def clean_rst_inline(text: str, labels: dict[str, str] | None = None) -> str:
-    """Strip inline reST markup: roles, literals, links, emphasis, footnotes, escapes."""
-    labels = labels or {}
-    text = re.sub(r":((?:[\w-]+:)*[\w-]+):`([^`]+)`", lambda m: _role(m, labels), text)
-    text = re.sub(r"``(.+?)``", r"\1", text)
-    text = re.sub(r"`([^`<]+?)\s*<[^>`]*>`__?", r"\1", text)
-    text = re.sub(r"`([^`]+)`__?", r"\1", text)
-    text = re.sub(r"`([^`]+)`", r"\1", text)
-    text = re.sub(r"\s*\[(?:#\w*|\*|\d+|[A-Z][\w-]*)\]_", "", text)
-    text = re.sub(r"\*\*([^*\s](?:[^*]*?[^*\s])?)\*\*", r"\1", text)
-    text = re.sub(r"(?<![\w*])\*([^*\s](?:[^*]*?[^*\s])?)\*(?![\w*])", r"\1", text)
-    text = re.sub(r"\|([\w -]+)\|_?", r"\1", text)
-    text = re.sub(r"\\ ", "", text)
-    text = re.sub(r"\\(.)", r"\1", text)
-    return re.sub(r"\s+", " ", text).strip()
+def _parse_rst(text: str, labels: dict[str, str]) -> nodes.document:
+    """The docutils tree of ``text``, with the roles and directives it uses registered."""
+
+    def role(name, rawtext, content, lineno, inliner, options=None, body=None):  # noqa: ARG001
+        return [nodes.Text(_role(name, utils.unescape(content), labels))], []
+
+    for name in set(_ROLE_NAME.findall(text)):
+        roles.register_local_role(name, role)
+    for name in set(_DIRECTIVE_NAME.findall(text)):
+        directives.register_directive(name, _PROSE_DIRECTIVES.get(name, _Dropped))
+    return publish_doctree(text, settings_overrides=_DOCUTILS_SETTINGS)
+
+
+def _inline_text(node: nodes.Node) -> str:
+    """The text of an inline node, footnote references left out."""
+    if isinstance(node, _SKIP_INLINE):
+        return ""
+    if isinstance(node, nodes.problematic):  # e.g. |version|: Sphinx's, undefined here
+        return _SUBSTITUTION.sub(r"\1", node.astext())
+    if isinstance(node, nodes.Text):
+        return node.astext()
+    return "".join(_inline_text(child) for child in node.children)
+
+
+def _text_blocks(node: nodes.Element, out: list[str]) -> None:
+    """Append the text of every paragraph, title, term and line under ``node``."""
+    for child in node.children:
+        if isinstance(child, _TEXT_BLOCKS):
+            out.append(re.sub(r"\s+", " ", _inline_text(child)).strip())
+        elif isinstance(child, nodes.Element) and not isinstance(child, _SKIP_BLOCKS):
+            _text_blocks(child, out)
+
+
+def rst_labels(text: str) -> dict[str, str]:
+    """Map the ``.. _label:`` targets of ``text`` that precede a section to its title."""
+    doc = _parse_rst(text, {})
+    return {
+        name: re.sub(r"\s+", " ", _inline_text(section[0])).strip()
+        for section in doc.findall(nodes.section)
+        for name in section["names"]
+        if doc.nametypes.get(name)  # explicit targets, not the title's implicit one
+    }
 
 
 def clean_rst(text: str, labels: dict[str, str] | None = None) -> list[str]:
-    """The prose paragraphs of a reST document.
+    """The prose paragraphs of a reST document (``labels``: ``rst_labels`` of all documents,
+    for ``:ref:``).
 
-    Kept: paragraphs, list items, headings, and the bodies of prose directives (notes,
-    ``versionchanged`` with its Sphinx caption, API descriptions without their signatures).
-    Dropped: literal blocks (``::``), doctests, code, tables, comments, targets, indexes,
-    option lines, and paragraphs with less than 60 % letters.
+    Kept: paragraphs, list items, headings, definition-list terms, field bodies, lines of line
+    blocks, and the bodies of prose directives (notes, ``versionchanged`` with its Sphinx
+    caption, API descriptions without their signatures). Dropped: literal blocks (``::``),
+    doctests, other directives (code, index, ...), tables, comments, targets, footnotes,
+    option lists, and paragraphs with less than 60 % letters.
     """
-    lines = text.expandtabs(8).splitlines()
-    paras: list[str] = []
-    cur: list[str] = []
-    cur_indent: int | None = None  # indent of the current paragraph's continuation lines
-    para_base = 0  # indent of the current paragraph's first line
-    literal_base: int | None = None  # set after a line ending in "::"
-
-    def flush() -> None:
-        nonlocal cur, cur_indent
-        if cur:
-            para = clean_rst_inline(" ".join(cur), labels)
-            if para and _alpha_ratio(para) >= 0.6:
-                paras.append(para)
-        cur, cur_indent = [], None
-
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        ind = _indent(line)
-        if not stripped:
-            flush()
-            i += 1
-            continue
-        if literal_base is not None:
-            base, literal_base = literal_base, None
-            if ind > base:
-                i = _skip_indented(lines, i, base)
-                continue
-        if directive := _DIRECTIVE.match(line):
-            flush()
-            name, arg = directive.group(1), directive.group(2).strip()
-            j = i + 1
-            while j < len(lines) and _OPTION.match(lines[j]) and _indent(lines[j]) > ind:
-                j += 1
-            if name not in _RST_KEEP:
-                i = _skip_indented(lines, j, ind)
-                continue
-            caption = _RST_KEEP[name].format(arg) if arg or "{}" not in _RST_KEEP[name] else ""
-            if caption.strip(" .:"):
-                cur = [caption]
-            i = j
-            continue
-        if _COMMENT.match(line):
-            flush()
-            i = _skip_indented(lines, i + 1, ind)
-            continue
-        if stripped.startswith(">>>"):
-            flush()
-            while i < len(lines) and lines[i].strip():
-                i += 1
-            continue
-        if _GRID_TABLE.match(line):
-            flush()
-            while i < len(lines) and lines[i].strip():
-                i += 1
-            continue
-        if _SIMPLE_TABLE.match(line):
-            flush()
-            i = _skip_simple_table(lines, i)
-            continue
-        if _ADORNMENT.match(line):
-            flush()
-            i += 1
-            continue
-        marker = _LIST_MARKER.match(line) or _FIELD.match(line)
-        if marker:
-            flush()
-            para_base, cur_indent = ind, marker.end()
-            stripped = line[marker.end() :].strip()
-        elif cur_indent is not None and ind > cur_indent:
-            flush()  # e.g. the definition under a definition-list term
-        if cur_indent is None:
-            para_base = cur_indent = ind
-        if stripped.endswith("::"):  # "text::" shows as "text:", "text ::" and "::" as "text"
-            literal_base = para_base
-            body = stripped[:-2]
-            stripped = body.rstrip() if body.endswith(" ") or not body else body + ":"
-        if stripped.rstrip(":"):
-            cur.append(stripped)
-        i += 1
-    flush()
-    return paras
+    blocks: list[str] = []
+    _text_blocks(_parse_rst(text, labels or {}), blocks)
+    return [b for b in blocks if b and _alpha_ratio(b) >= 0.6]
 
 
 def read_python_docs(root: Path) -> list[str]:
@@ -852,7 +859,7 @@ def _choose(
     return chosen, scale
 
 
-def build(
+def build_corpus(
     out: Path,
     roots: dict[str, Path] | None = None,
     *,
@@ -938,54 +945,3 @@ def build(
         }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def _weight(arg: str) -> tuple[str, float]:
-    """Parse ``NAME=WEIGHT`` for ``--weight``."""
-    name, _, value = arg.partition("=")
-    if name not in SOURCES or not value:
-        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with NAME in {sorted(SOURCES)}")
-    return name, float(value)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(
-        prog="python -m sfc_plugin.corpus", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--max-tokens", type=int, default=None, help="cap on the total tokens")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the mix and the shuffle")
-    parser.add_argument(
-        "--weight",
-        type=_weight,
-        action="append",
-        default=[],
-        metavar="NAME=W",
-        help=f"override a source's sampling rate in (0, 1]; defaults: {MIX}",
-    )
-    parser.add_argument("--sample", type=Path, default=None, help="also write a held-out sample")
-    parser.add_argument(
-        "--sample-tokens", type=int, default=DEFAULT_SAMPLE_TOKENS, help="token cap of the sample"
-    )
-    args = parser.parse_args(argv)
-    try:
-        manifest = build(
-            args.out,
-            mix=dict(args.weight),
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-            sample=args.sample,
-            sample_tokens=args.sample_tokens,
-        )
-    except (MissingSourceError, ValueError) as err:
-        print(err, file=sys.stderr)
-        return 2
-    for split in ("train", "heldout"):
-        t = manifest["total"][split]
-        print(f"{split}: {t['documents']} documents, {t['tokens']} tokens")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """Train the SAEs of a model with SAELens' multi-SAE trainer: one model pass feeds every SAE.
 
-Command::
+Command (``train(TrainConfig(corpus=DIR, out=DIR, ...))`` from Python)::
 
-    python -m sfc_plugin.train --corpus DIR --out DIR [--layers 2,5,...,29]
+    sfc train --corpus DIR --out DIR [--layers 2,5,...,29]
         [--hooks attn_out,mlp_out,resid_post] [--d-sae 1152] [--architecture topk] [--k 32]
         [--tokens N] [--context-size 128] [--batch-size 4096] [--lm-batch-size 32]
         [--buffer-tokens 8192] [--lr 1e-3] [--checkpoint-every N] [--seed 0] [--resume]
@@ -83,7 +83,6 @@ thread count give the same SAEs.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.metadata
@@ -102,6 +101,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAEConfig
 from sae_lens.saes.sae import TrainingSAEConfig, TrainStepOutput
 from sae_lens.saes.topk_sae import TopKTrainingSAEConfig
 from sae_lens.tokenization_and_batching import concat_and_batch_sequences
-from sae_lens.training._interruption import InterruptedException
+from sae_lens.training._interruption import InterruptedException  # train() raises it; exported
 from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from tqdm.auto import tqdm
@@ -127,11 +127,11 @@ from tqdm.auto import tqdm
 __all__ = [
     "DEFAULT_HOOK_KINDS",
     "DEFAULT_LAYERS",
+    "InterruptedException",
+    "TrainConfig",
     "evaluate",
     "hook_names",
     "latest_checkpoint",
-    "main",
-    "parse_args",
     "tokenize_contexts",
     "train",
 ]
@@ -157,8 +157,8 @@ WARMUP_FRACTION = 0.05
 DECAY_FRACTION = 0.2
 CONTEXT_MARGIN = 1.1
 DATA_MARGIN_TOKENS = 65536
-# Arguments that may change between a run and its resumption (none changes the data order,
-# the SAEs or their optimizers).
+# Options (TrainConfig fields) that may change between a run and its resumption (none
+# changes the data order, the SAEs or their optimizers).
 RESUMABLE_CHANGES = frozenset(
     {
         "corpus",
@@ -173,86 +173,65 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-# --------------------------------------------------------------------------------- arguments
+# ------------------------------------------------------------------------------------ config
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+@dataclass
+class TrainConfig:
+    """Every option of a training run, under the names of ``sfc train``'s flags (``--d-sae``
+    is ``d_sae``); ``train_args.json`` and ``train_config.json`` record them under these names.
 
+    ``corpus`` and ``out`` are kept as strings and ``layers`` and ``hooks`` as lists, so the
+    record equals its JSON. Raises ``ValueError`` naming the first bad field.
+    """
 
-def _str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+    corpus: str | Path
+    out: str | Path
+    model: str = "smollm2-135m"
+    layers: list[int] = field(default_factory=lambda: list(DEFAULT_LAYERS))
+    hooks: list[str] = field(default_factory=lambda: list(DEFAULT_HOOK_KINDS))
+    d_sae: int = 1152
+    architecture: str = "topk"
+    k: int = 32
+    tokens: int = 2_000_000
+    context_size: int = 128
+    batch_size: int = 4096
+    lm_batch_size: int = 32
+    buffer_tokens: int = 8192
+    lr: float = 1e-3
+    checkpoint_every: int = 100_000
+    seed: int = 0
+    device: str = "cpu"
+    exclude_bos: bool = True
+    eval_batches: int = 0
+    eval_batch_size: int = 8
+    resume: bool = False
 
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line (see the module docstring)."""
-    p = argparse.ArgumentParser(
-        prog="python -m sfc_plugin.train",
-        description="Train SAEs at many hooks of a model from one shared forward pass (SAELens).",
-    )
-    p.add_argument("--corpus", required=True, help="directory with train.jsonl (+ heldout.jsonl)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--model", default="smollm2-135m", help="model name for load_model")
-    p.add_argument("--layers", type=_int_list, default=list(DEFAULT_LAYERS), help="e.g. 2,5,8")
-    p.add_argument(
-        "--hooks",
-        type=_str_list,
-        default=list(DEFAULT_HOOK_KINDS),
-        help=f"hook kinds, comma-separated, from {','.join(HOOK_KINDS)}",
-    )
-    p.add_argument("--d-sae", type=int, default=1152)
-    p.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="topk")
-    p.add_argument("--k", type=int, default=32, help="active features per token")
-    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
-    p.add_argument("--context-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4096, help="SAE batch size in tokens")
-    p.add_argument("--lm-batch-size", type=int, default=32, help="contexts per model forward")
-    p.add_argument(
-        "--buffer-tokens", type=int, default=8192, help="shuffle buffer size (all hooks)"
-    )
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument(
-        "--checkpoint-every", type=int, default=100_000, help="tokens between checkpoints; 0: none"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--exclude-bos",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="leave BOS positions out of training and evals (default: yes)",
-    )
-    p.add_argument(
-        "--eval-batches",
-        type=int,
-        default=0,
-        help="after training, SAELens evals (CE loss recovered, variance explained, L0) on "
-        "this many held-out batches per SAE (costs ~4 model passes per batch per SAE)",
-    )
-    p.add_argument("--eval-batch-size", type=int, default=8, help="contexts per eval batch")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    args = p.parse_args(argv)
-    _validate(p, args)
-    return args
-
-
-def _validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    bad_kinds = [h for h in args.hooks if h not in HOOK_KINDS]
-    if bad_kinds or not args.hooks:
-        p.error(f"--hooks: unknown kind(s) {bad_kinds}; choose from {','.join(HOOK_KINDS)}")
-    if not args.layers:
-        p.error("--layers is empty")
-    for name in ("d_sae", "k", "tokens", "context_size", "batch_size", "lm_batch_size"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
-    if args.k > args.d_sae:
-        p.error("--k must not exceed --d-sae")
-    if args.buffer_tokens < args.batch_size:
-        p.error("--buffer-tokens must be at least --batch-size")
-    if 0 < args.checkpoint_every < args.batch_size:
-        p.error("--checkpoint-every must be 0 or at least --batch-size")
-    if args.context_size < 2:
-        p.error("--context-size must be at least 2 (BOS plus one token)")
+    def __post_init__(self) -> None:
+        self.corpus, self.out = str(self.corpus), str(self.out)
+        self.layers, self.hooks = list(self.layers), list(self.hooks)
+        bad_kinds = [h for h in self.hooks if h not in HOOK_KINDS]
+        if bad_kinds or not self.hooks:
+            raise ValueError(
+                f"hooks: unknown kind(s) {bad_kinds}; choose from {','.join(HOOK_KINDS)}"
+            )
+        if not self.layers:
+            raise ValueError("layers is empty")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture: {self.architecture!r}; choose from {', '.join(ARCHITECTURES)}"
+            )
+        for name in ("d_sae", "k", "tokens", "context_size", "batch_size", "lm_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.k > self.d_sae:
+            raise ValueError("k must not exceed d_sae")
+        if self.buffer_tokens < self.batch_size:
+            raise ValueError("buffer_tokens must be at least batch_size")
+        if 0 < self.checkpoint_every < self.batch_size:
+            raise ValueError("checkpoint_every must be 0 or at least batch_size")
+        if self.context_size < 2:
+            raise ValueError("context_size must be at least 2 (BOS plus one token)")
 
 
 def hook_names(layers: Sequence[int], kinds: Sequence[str]) -> list[str]:
@@ -490,24 +469,24 @@ class _Runner(MultiSAETrainingRunner):
 
 
 def _sae_configs(
-    args: argparse.Namespace, hooks: Sequence[str], d_in: int
+    config: TrainConfig, hooks: Sequence[str], d_in: int
 ) -> dict[str, TrainingSAEConfig]:
-    cfg_cls = ARCHITECTURES[args.architecture]
+    cfg_cls = ARCHITECTURES[config.architecture]
     return {
         hook: cfg_cls(
             d_in=d_in,
-            d_sae=args.d_sae,
-            k=args.k,
+            d_sae=config.d_sae,
+            k=config.k,
             normalize_activations="expected_average_only_in",
             dtype="float32",
-            device=args.device,
+            device=config.device,
         )
         for hook in hooks
     }
 
 
 def _runner_config(
-    args: argparse.Namespace,
+    config: TrainConfig,
     hooks: Sequence[str],
     d_in: int,
     bos_id: int,
@@ -515,28 +494,28 @@ def _runner_config(
     checkpoint_dir: Path,
     resume_from: Path | None,
 ) -> MultiSAETrainingRunnerConfig:
-    n_steps = training_tokens // args.batch_size
-    window_steps = max(1, DEAD_WINDOW_TOKENS // args.batch_size)
+    n_steps = training_tokens // config.batch_size
+    window_steps = max(1, DEAD_WINDOW_TOKENS // config.batch_size)
     cfg = MultiSAETrainingRunnerConfig(
-        saes=_sae_configs(args, hooks, d_in),
+        saes=_sae_configs(config, hooks, d_in),
         hook_names={hook: hook for hook in hooks},
-        model_name=args.model,
+        model_name=config.model,
         model_class_name="HookedSAETransformer",
         model_from_pretrained_kwargs={},
-        dataset_path=str(Path(args.corpus).resolve()),
+        dataset_path=str(Path(config.corpus).resolve()),
         streaming=False,
-        context_size=args.context_size,
-        n_batches_in_buffer=math.ceil(args.buffer_tokens / args.context_size),
+        context_size=config.context_size,
+        n_batches_in_buffer=math.ceil(config.buffer_tokens / config.context_size),
         training_tokens=training_tokens,
-        store_batch_size_prompts=args.lm_batch_size,
+        store_batch_size_prompts=config.lm_batch_size,
         sequence_separator_token=bos_id,
         activations_mixing_fraction=0.5,
-        device=args.device,
-        seed=args.seed,
+        device=config.device,
+        seed=config.seed,
         dtype="float32",
         prepend_bos=True,
-        train_batch_size_tokens=args.batch_size,
-        lr=args.lr,
+        train_batch_size_tokens=config.batch_size,
+        lr=config.lr,
         lr_scheduler_name="constant",
         lr_warm_up_steps=int(n_steps * WARMUP_FRACTION),
         lr_decay_steps=int(n_steps * DECAY_FRACTION),
@@ -546,10 +525,10 @@ def _runner_config(
         n_checkpoints=0,
         checkpoint_path=str(checkpoint_dir),
         save_final_checkpoint=False,
-        output_path=str(Path(args.out) / SAES_DIR),
+        output_path=str(Path(config.out) / SAES_DIR),
         resume_from_checkpoint=str(resume_from) if resume_from is not None else None,
-        exclude_special_tokens=[bos_id] if args.exclude_bos else False,
-        n_batches_for_norm_estimate=_norm_estimate_batches(args.batch_size, training_tokens),
+        exclude_special_tokens=[bos_id] if config.exclude_bos else False,
+        n_batches_for_norm_estimate=_norm_estimate_batches(config.batch_size, training_tokens),
     )
     # __post_init__ appends a random run id to checkpoint_path; resuming needs a fixed path.
     cfg.checkpoint_path = str(checkpoint_dir)
@@ -589,17 +568,17 @@ def _peak_rss_gb() -> float:
 
 
 def _resume_point(
-    args: argparse.Namespace, identity: dict[str, Any]
+    config: TrainConfig, identity: dict[str, Any]
 ) -> tuple[Path | None, float] | None:
     """Where to start: ``(checkpoint or None, training seconds so far)``, or None if the run in
     ``--out`` is already complete. Checks that a resumed run has the same identity."""
-    out = Path(args.out)
+    out = Path(config.out)
     args_file = out / ARGS_FILE
     if not args_file.exists():
-        if args.resume:
+        if config.resume:
             raise FileNotFoundError(f"--resume: {out} holds no run ({ARGS_FILE} is missing)")
         return None, 0.0
-    if not args.resume:
+    if not config.resume:
         raise FileExistsError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
@@ -619,22 +598,20 @@ def _resume_point(
     return checkpoint, float(marker["elapsed_s"])
 
 
-def _record_data(
-    args: argparse.Namespace, identity: dict[str, Any], contexts: torch.Tensor
-) -> None:
+def _record_data(config: TrainConfig, identity: dict[str, Any], contexts: torch.Tensor) -> None:
     """Write the run's identity with a hash of its training contexts, or, when resuming, check
     that the contexts are the ones the run started with (the checkpoint's dataset position
     only means something for the same contexts in the same order)."""
-    args_file = Path(args.out) / ARGS_FILE
+    args_file = Path(config.out) / ARGS_FILE
     data_sha = hashlib.sha256(contexts.to(torch.int32).numpy().tobytes()).hexdigest()
     if args_file.exists():
         if json.loads(args_file.read_text()).get("data_sha256") != data_sha:
             raise ValueError(
-                f"--resume: the training contexts differ from those of the run in {args.out} "
-                "(the corpus or sfc_plugin.train changed)"
+                f"--resume: the training contexts differ from those of the run in {config.out} "
+                "(the corpus or sfc_plugin.training.trainer changed)"
             )
         return
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
     _write_json(args_file, {**identity, "data_sha256": data_sha})
 
 
@@ -642,7 +619,7 @@ def evaluate(
     model: Any,
     sae_dirs: dict[str, Path],
     heldout: Dataset,
-    args: argparse.Namespace,
+    config: TrainConfig,
     bos_id: int,
 ) -> dict[str, dict[str, float]]:
     """SAELens' ``run_evals`` on held-out contexts for each saved SAE (loaded from disk).
@@ -651,9 +628,9 @@ def evaluate(
     features that never fired on the sparsity batches.
     """
     eval_cfg = EvalConfig(
-        batch_size_prompts=args.eval_batch_size,
-        n_eval_reconstruction_batches=args.eval_batches,
-        n_eval_sparsity_variance_batches=args.eval_batches,
+        batch_size_prompts=config.eval_batch_size,
+        n_eval_reconstruction_batches=config.eval_batches,
+        n_eval_sparsity_variance_batches=config.eval_batches,
         compute_ce_loss=True,
         compute_kl=True,
         compute_sparsity_metrics=True,
@@ -662,15 +639,15 @@ def evaluate(
     )
     results = {}
     for hook, path in tqdm(sae_dirs.items(), desc="Evaluating SAEs"):
-        sae = SAE.load_from_disk(path, device=args.device)
+        sae = SAE.load_from_disk(path, device=config.device)
         store = ActivationsStore.from_sae(
             model,
             sae,
             dataset=heldout,
             streaming=False,
-            context_size=args.context_size,
-            store_batch_size_prompts=args.eval_batch_size,
-            device=args.device,
+            context_size=config.context_size,
+            store_batch_size_prompts=config.eval_batch_size,
+            device=config.device,
         )
         metrics, features = run_evals(
             sae,
@@ -678,7 +655,7 @@ def evaluate(
             model,
             ActivationScaler(),
             eval_cfg,
-            exclude_special_tokens=[bos_id] if args.exclude_bos else False,
+            exclude_special_tokens=[bos_id] if config.exclude_bos else False,
         )
         flat = {k: v for group in metrics.values() for k, v in group.items()}
         density = torch.tensor(features["feature_density"])
@@ -699,20 +676,20 @@ def _quiet_sae_lens_warnings() -> Iterator[None]:
 
 
 def _training_contexts(
-    args: argparse.Namespace, texts: list[str], tokenizer: Any, bos_id: int, training_tokens: int
+    config: TrainConfig, texts: list[str], tokenizer: Any, bos_id: int, training_tokens: int
 ) -> torch.Tensor:
     """Shuffled contexts for the run (10% and 64k tokens spare), or the whole corpus if it is
     smaller. They depend only on the corpus, seed, context size and token count."""
-    random.Random(args.seed).shuffle(texts)
+    random.Random(config.seed).shuffle(texts)
     spare = CONTEXT_MARGIN * training_tokens + DATA_MARGIN_TOKENS
-    max_contexts = math.ceil(spare / (args.context_size - 1))
-    norm_tokens = _norm_estimate_batches(args.batch_size, training_tokens) * args.batch_size
-    needed = training_tokens + norm_tokens + args.buffer_tokens
-    needed += 2 * args.lm_batch_size * args.context_size
-    contexts = tokenize_contexts(texts, tokenizer, args.context_size, bos_id, max_contexts)
-    order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(args.seed))
+    max_contexts = math.ceil(spare / (config.context_size - 1))
+    norm_tokens = _norm_estimate_batches(config.batch_size, training_tokens) * config.batch_size
+    needed = training_tokens + norm_tokens + config.buffer_tokens
+    needed += 2 * config.lm_batch_size * config.context_size
+    contexts = tokenize_contexts(texts, tokenizer, config.context_size, bos_id, max_contexts)
+    order = torch.randperm(len(contexts), generator=torch.Generator().manual_seed(config.seed))
     contexts = contexts[order]
-    available = int((contexts != bos_id).sum()) if args.exclude_bos else contexts.numel()
+    available = int((contexts != bos_id).sum()) if config.exclude_bos else contexts.numel()
     if available < needed:
         logger.warning(
             "the corpus gives %d training tokens, fewer than the %d this run reads: "
@@ -723,19 +700,19 @@ def _training_contexts(
     return contexts
 
 
-def train(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
-    """Train (or resume, or skip if complete) the run described by ``args``; return its
+def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
+    """Train (or resume, or skip if complete) the run described by ``config``; return its
     ``train_config.json`` contents. ``model``: an already loaded model (else ``load_model``).
 
     Raises SAELens' ``InterruptedException`` after Ctrl-C/SIGTERM, once a checkpoint is saved.
     """
-    out = Path(args.out)
-    corpus = Path(args.corpus)
+    out = Path(config.out)
+    corpus = Path(config.corpus)
     train_file = corpus / "train.jsonl"
     corpus_sha = _sha256(train_file)
-    identity = {k: v for k, v in vars(args).items() if k not in RESUMABLE_CHANGES}
+    identity = {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}
     identity["corpus_sha256"] = corpus_sha
-    prepared = _resume_point(args, identity)
+    prepared = _resume_point(config, identity)
     if prepared is None:
         logger.info("%s is already complete", out)
         return json.loads((out / CONFIG_FILE).read_text())
@@ -744,8 +721,8 @@ def train(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
     if model is None:
         from sfc_plugin.models import load_model
 
-        model = load_model(args.model, device=args.device)
-    hooks = hook_names(args.layers, args.hooks)
+        model = load_model(config.model, device=config.device)
+    hooks = hook_names(config.layers, config.hooks)
     missing = [h for h in hooks if h not in model.hook_dict]
     if missing:
         raise ValueError(f"hooks not in the model: {missing}")
@@ -754,34 +731,34 @@ def train(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
     if bos_id is None:
         raise ValueError("the model's tokenizer has no BOS token")
     d_in = model.cfg.d_model
-    training_tokens = math.ceil(args.tokens / args.batch_size) * args.batch_size
+    training_tokens = math.ceil(config.tokens / config.batch_size) * config.batch_size
 
     t0 = time.monotonic()
     texts = _read_texts(train_file)
-    contexts = _training_contexts(args, texts, tokenizer, bos_id, training_tokens)
-    _record_data(args, identity, contexts)
+    contexts = _training_contexts(config, texts, tokenizer, bos_id, training_tokens)
+    _record_data(config, identity, contexts)
     tokenize_s = time.monotonic() - t0
 
     cfg = _runner_config(
-        args, hooks, d_in, bos_id, training_tokens, out / CHECKPOINTS_DIR, resume_from
+        config, hooks, d_in, bos_id, training_tokens, out / CHECKPOINTS_DIR, resume_from
     )
-    buffer_tokens = cfg.n_batches_in_buffer * args.context_size
+    buffer_tokens = cfg.n_batches_in_buffer * config.context_size
     buffer_gb = buffer_tokens * len(hooks) * d_in * 4 / 1e9
     logger.info(
         "training %d SAEs on %d tokens (%d steps); shuffle buffer %d tokens = %.2f GB",
         len(hooks),
         training_tokens,
-        training_tokens // args.batch_size,
+        training_tokens // config.batch_size,
         buffer_tokens,
         buffer_gb,
     )
-    torch.manual_seed(args.seed)  # SAE initialisation and the shuffle buffer
+    torch.manual_seed(config.seed)  # SAE initialisation and the shuffle buffer
     with _quiet_sae_lens_warnings():
         runner = _Runner(
             cfg,
             dataset=_contexts_dataset(contexts),
             model=model,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=config.checkpoint_every,
             elapsed_before=elapsed_before,
         )
         session_start = time.monotonic()
@@ -796,14 +773,14 @@ def train(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
                 "path": str(Path(SAES_DIR) / hook),
                 "l0_last_window": sae.cfg.metadata.l0,
                 "dead_features": sae.cfg.metadata.num_dead_features,
-                "dead_fraction": (sae.cfg.metadata.num_dead_features or 0) / args.d_sae,
+                "dead_fraction": (sae.cfg.metadata.num_dead_features or 0) / config.d_sae,
                 "unfired_last_window": int((trainers[hook].feature_sparsity == 0).sum()),
             }
             for hook, sae in saes.items()
         }
         manifest_path = corpus / MANIFEST_FILE
-        config = {
-            "args": vars(args),
+        record = {
+            "args": asdict(config),
             "argv": sys.argv,
             "hook_names": hooks,
             "architecture": saes[hooks[0]].cfg.architecture(),
@@ -842,54 +819,23 @@ def train(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
             "saes": results,
         }
         # The run is complete from here on: evals below are an optional extra.
-        _write_json(out / CONFIG_FILE, config)
+        _write_json(out / CONFIG_FILE, record)
         shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
 
-        if args.eval_batches > 0:
+        if config.eval_batches > 0:
             t1 = time.monotonic()
             heldout_contexts = tokenize_contexts(
                 _read_texts(corpus / "heldout.jsonl"),
                 tokenizer,
-                args.context_size,
+                config.context_size,
                 bos_id,
-                2 * args.eval_batches * args.eval_batch_size,
+                2 * config.eval_batches * config.eval_batch_size,
             )
             sae_dirs = {hook: out / SAES_DIR / hook for hook in hooks}
-            evals = evaluate(model, sae_dirs, _contexts_dataset(heldout_contexts), args, bos_id)
+            evals = evaluate(model, sae_dirs, _contexts_dataset(heldout_contexts), config, bos_id)
             for hook, metrics in evals.items():
                 results[hook]["heldout"] = metrics
-            config["session"]["eval_s"] = time.monotonic() - t1
-            config["session"]["peak_rss_gb"] = _peak_rss_gb()
-            _write_json(out / CONFIG_FILE, config)
-    return config
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (130 after an interrupt)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for var, value in (("WANDB_MODE", "disabled"), ("HF_HUB_OFFLINE", "1")):
-        os.environ.setdefault(var, value)
-    args = parse_args(argv)
-    try:
-        config = train(args)
-    except InterruptedException:
-        logger.warning("interrupted; continue with the same command plus --resume")
-        return 130
-    except KeyboardInterrupt:
-        logger.warning("stopped; --resume continues from the last complete checkpoint")
-        return 130
-    for hook, res in config["saes"].items():
-        line = f"{hook}: L0 {res['l0_last_window']}, dead {res['dead_fraction']:.1%}"
-        if "heldout" in res:
-            h = res["heldout"]
-            line += (
-                f", held-out: var. explained {h['explained_variance']:.3f}, "
-                f"CE recovered {h['ce_loss_score']:.3f}, L0 {h['l0']:.1f}"
-            )
-        print(line)
-    print(f"saved to {Path(args.out) / SAES_DIR} ({config['wall_time_s']:.0f} s of training)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            record["session"]["eval_s"] = time.monotonic() - t1
+            record["session"]["peak_rss_gb"] = _peak_rss_gb()
+            _write_json(out / CONFIG_FILE, record)
+    return record
