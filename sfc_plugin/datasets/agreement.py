@@ -19,12 +19,12 @@ from __future__ import annotations
 import itertools
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from sfc_plugin.data import read_dataset
 
 Task = Literal["simple", "within_rc", "across_rc", "across_pp"]
-TASKS: tuple[str, ...] = ("simple", "within_rc", "across_rc", "across_pp")
+TASKS: tuple[Task, ...] = get_args(Task)
 
 # (singular, plural) animate nouns
 NOUNS = [

@@ -35,10 +35,12 @@ import torch
 
 from sfc_plugin.attribution import NodeEffects, approximation_check, node_effects
 from sfc_plugin.datasets import TASKS, agreement
+from sfc_plugin.datasets.agreement import Task
 from sfc_plugin.dictionaries import load_saes, neuron_saes
 from sfc_plugin.evaluation import Evaluator, default_thresholds, faithfulness_curve
 from sfc_plugin.frontend.plots import plot_approximation, plot_faithfulness_curve
 from sfc_plugin.models import load_model
+from sfc_plugin.nodes import is_error, without_position
 
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 LEVELS = (0.5, 0.8)
@@ -52,7 +54,7 @@ class ReproduceSettings:
     (``approx=False`` skips it). ``fresh`` recomputes tasks finished by an earlier run."""
 
     out: str | Path = "docs"
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[Task] = field(default_factory=lambda: list(TASKS))
     train: int = 64
     test: int = 64
     method: Literal["atp", "ig"] = "atp"
@@ -61,7 +63,7 @@ class ReproduceSettings:
     points: int = 21
     decades: float = 5.0
     batch_size: int = 16
-    approx_task: str = "across_rc"
+    approx_task: Task = "across_rc"
     approx_pairs: int = 16
     approx_top: int = 15
     approx: bool = True
@@ -98,7 +100,7 @@ def _first_reaching(curve: pd.DataFrame, kind: str, level: float) -> int | None:
     return int(part.nodes.min()) if len(part) else None
 
 
-def run_task(model, saes, task: str, settings: ReproduceSettings, directory: Path) -> dict:
+def run_task(model, saes, task: Task, settings: ReproduceSettings, directory: Path) -> dict:
     """Effects, curve and summary of one task; written to ``directory`` (summary last)."""
     directory.mkdir(parents=True, exist_ok=True)
     train = agreement(task, model, n=settings.train, split="train")
@@ -120,10 +122,13 @@ def run_task(model, saes, task: str, settings: ReproduceSettings, directory: Pat
         k: default_thresholds(e, n=settings.points, decades=settings.decades)
         for k, e in effects.items()
     }
+    evaluator = Evaluator(model, saes, test, batch_size=settings.batch_size, progress=False)
     curves = [
         faithfulness_curve(
             model, kinds[k], train, test, thresholds[k], neurons=False,
-            effects={"features": effects[k]}, batch_size=settings.batch_size,
+            effects={"features": effects[k]},
+            evaluators={"features": evaluator} if k == "features" else None,
+            batch_size=settings.batch_size,
         ).assign(kind=k)
         for k in kinds
     ]  # fmt: skip
@@ -131,9 +136,7 @@ def run_task(model, saes, task: str, settings: ReproduceSettings, directory: Pat
     curve.to_csv(directory / "curve.csv", index=False)
     table = effects["features"].to_frame()
     circuit = list(table.node[table.effect.abs() > settings.node_threshold])
-    scores = Evaluator(model, saes, test, batch_size=settings.batch_size, progress=False).scores(
-        circuit
-    )
+    scores = evaluator.scores(circuit)
     summary = {
         "task": task,
         "n_train": len(train),
@@ -145,10 +148,10 @@ def run_task(model, saes, task: str, settings: ReproduceSettings, directory: Pat
         "error_share": error_share(effects["features"]),
         "circuit_threshold": settings.node_threshold,
         "circuit_nodes": scores.n_nodes,
-        "circuit_error_nodes": sum("/err" in n for n in circuit),
+        "circuit_error_nodes": sum(is_error(n) for n in circuit),
         "circuit_faithfulness": scores.faithfulness,
         "circuit_completeness": scores.completeness,
-        "circuit_nodes_summed": sorted({n.split("@")[0] for n in circuit}),
+        "circuit_nodes_summed": sorted({without_position(n) for n in circuit}),
         "reach": {
             kind: {str(level): _first_reaching(curve, kind, level) for level in LEVELS}
             for kind in kinds
