@@ -32,3 +32,9 @@ test: $(STAMP) browser
 lint: $(STAMP)
 	$(PY) -m ruff format sfc_plugin tests benchmarks
 	$(PY) -m ruff check --fix sfc_plugin tests benchmarks
+
+# The library tests that need no training, against the oldest and newest allowed SAELens (two
+# venvs under $TMPDIR/sfc_compat, made on first use). Not part of `make test`.
+.PHONY: compat
+compat:
+	tests/compat/run.sh

@@ -18,11 +18,8 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 import torch
-from sae_lens import SAE
-from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-from sae_lens.saes.sae import SAEMetadata
-from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+from conftest import sae_metadata
+from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -50,7 +47,7 @@ def make_sae(
     hook_name: str | None, d_in: int = D_IN, d_sae: int = 16, seed: int = 0, arch: str = "std"
 ) -> SAE:
     """A small random SAE reading ``hook_name`` (no hook name in its metadata if None)."""
-    meta = SAEMetadata(hook_name=hook_name, model_name="tiny") if hook_name else SAEMetadata()
+    meta = sae_metadata(hook_name=hook_name, model_name="tiny") if hook_name else sae_metadata()
     if arch == "topk":
         sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=4, metadata=meta))
     else:
@@ -233,15 +230,16 @@ def hf_offline(tmp_path, monkeypatch, no_network):
 @pytest.fixture
 def jb_cache(hf_offline):
     """The hub cache holding two tiny SAEs of gpt2-small-res-jb; returns (cache, weights)."""
-    info = get_pretrained_saes_directory()[RELEASE]
-    assert info.repo_id == REPO_ID and info.conversion_func is None  # plain SAELens loader
-    hub = HubCache(hf_offline, info.repo_id)
+    info = dictionaries._pretrained_releases()[RELEASE]  # SAELens' pretrained_saes.yaml
+    assert info["repo_id"] == REPO_ID and info.get("conversion_func") is None  # plain loader
+    saes_map = {sae["id"]: sae["path"] for sae in info["saes"]}
+    hub = HubCache(hf_offline, info["repo_id"])
     weights = {}
     for layer, sae_id in enumerate(IDS):
         weights[sae_id] = random_weights(seed=layer)
         # One SAE ships a sparsity file, the other does not (the loader must cope with both).
         sparsity = -torch.rand(D_SAE) * 5 if layer == 0 else None
-        hub.add_sae(info.saes_map[sae_id], legacy_jb_cfg(sae_id, layer), weights[sae_id], sparsity)
+        hub.add_sae(saes_map[sae_id], legacy_jb_cfg(sae_id, layer), weights[sae_id], sparsity)
     return hub, weights
 
 

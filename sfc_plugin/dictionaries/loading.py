@@ -19,14 +19,15 @@ Bundled releases are plain directories of ``SAE.save_model`` subdirectories, one
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import torch
 from sae_lens import SAE
-from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
-from sae_lens.util import dtype_to_str, str_to_dtype
 
 from sfc_plugin.sites import hook_sort_key
 
@@ -79,12 +80,58 @@ for _release in sorted(BUNDLED_DIR.iterdir()) if BUNDLED_DIR.is_dir() else []:
 # --------------------------------------------------------------------------- helpers
 
 
+# Only SAELens' public API is used here (the top-level ``sae_lens`` names): the file names
+# ``SAE.save_model`` writes, the dtype names SAELens accepts and its list of pretrained
+# releases are restated below, as they are not exported by ``sae_lens``.
+SAE_CFG_FILENAME = "cfg.json"
+SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _dtype_str(dtype: str | torch.dtype) -> str:
-    return dtype_to_str(dtype) if isinstance(dtype, torch.dtype) else dtype
+    """SAELens' name of a dtype (``torch.float32 -> "float32"``); strings pass unchanged."""
+    if not isinstance(dtype, torch.dtype):
+        return dtype
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"Invalid dtype: {dtype}. Must be one of {list(_DTYPES.values())}")
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The ``torch.dtype`` of a SAELens dtype name (``"float32"`` or ``"torch.float32"``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype.removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"Invalid dtype: {dtype}. Must be one of {list(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@functools.cache
+def _pretrained_releases() -> dict[str, dict[str, Any]]:
+    """SAELens' pretrained releases, as listed in the ``pretrained_saes.yaml`` it ships: release
+    name -> entry (``repo_id``, ``model``, ``conversion_func``, ``saes``: a list of ``{"id",
+    "path", ...}``). Read here because SAELens' reader of that file is not public API."""
+    import yaml  # a dependency of SAELens
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with files("sae_lens").joinpath("pretrained_saes.yaml").open("r") as f:
+        return yaml.load(f, Loader=loader)
+
+
+def _pretrained_ids(release: str) -> list[str]:
+    """The SAE ids of a SAELens pretrained release, in the order of its yaml entry."""
+    return list(dict.fromkeys(sae["id"] for sae in _pretrained_releases()[release]["saes"]))
 
 
 def _looks_like_path(source: str | os.PathLike) -> bool:
@@ -173,9 +220,7 @@ def _load_bundled(
 def _load_pretrained(
     release: str, ids: list[str] | None, device: str, dtype: str
 ) -> list[tuple[str, SAE]]:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    available = list(get_pretrained_saes_directory()[release].saes_map)
+    available = _pretrained_ids(release)
     if ids is None:
         ids = available
     # Check every id before loading anything, so a typo does not cost a partial download.
@@ -196,9 +241,7 @@ def _load_release_or_path(
     if isinstance(source, str) and source in _BUNDLED_RELEASES:
         return _load_bundled(source, ids, device, dtype)
     if isinstance(source, str) and not _looks_like_path(source):
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        directory = get_pretrained_saes_directory()
+        directory = _pretrained_releases()
         if source in directory:
             return _load_pretrained(source, ids, device, dtype)
         if not Path(source).exists():
@@ -216,7 +259,7 @@ def _move(sae: SAE, device: str | None, dtype: str | torch.dtype | None) -> SAE:
     if device is not None or dtype is not None:
         sae = sae.to(
             device=device,
-            dtype=None if dtype is None else str_to_dtype(dtype),
+            dtype=None if dtype is None else _torch_dtype(dtype),
         )
     return sae
 

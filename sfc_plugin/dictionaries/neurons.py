@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import torch
-from sae_lens import SAE
-from sae_lens.saes.sae import SAEMetadata
-from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-from sae_lens.util import dtype_to_str
+from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
 from sfc_plugin.sites import hook_sort_key
 
@@ -44,10 +41,13 @@ def neuron_saes(model, hooks: Iterable[str] | Mapping[str, SAE]) -> dict[str, SA
         cfg = StandardSAEConfig(
             d_in=width,
             d_sae=width,
-            dtype=dtype_to_str(model.cfg.dtype),
+            dtype=str(model.cfg.dtype).removeprefix("torch."),  # torch.float32 -> "float32"
             device=str(model.cfg.device),
-            metadata=SAEMetadata(hook_name=name, release="neurons", sae_id=name),
         )
+        # The default metadata takes any attribute (SAELens' metadata class is not exported).
+        cfg.metadata.hook_name = name
+        cfg.metadata.release = "neurons"
+        cfg.metadata.sae_id = name
         sae = NeuronDictionary(cfg)
         with torch.no_grad():
             eye = torch.eye(width, dtype=sae.W_enc.dtype, device=sae.W_enc.device)

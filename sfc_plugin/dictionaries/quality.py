@@ -46,6 +46,13 @@ def sae_quality(
     Reconstruction and sparsity use up to ``max_tokens`` tokens (one forward per batch); the
     CE losses, which need two more forwards per SAE, use the first ``ce_tokens`` (0: none,
     the CE columns are NaN).
+
+    Not ``sae_lens.run_evals``: it drops special tokens by id, not the BOS position; its
+    zero-ablation also zeroes the BOS position, so ``ce_recovered`` differs on models that
+    prepend BOS; its explained variance and L0 formulas changed inside the SAELens range we
+    allow (by 6.50 and 6.54); it runs the model once per SAE, not once per batch for all SAEs;
+    and it needs an ``ActivationsStore`` (full batches only: it wraps around the data) and two
+    classes ``sae_lens`` does not export (``EvalConfig``, ``ActivationScaler``).
     """
     sites = make_sites(model, saes)
     first = 1 if model.cfg.default_prepend_bos else 0
