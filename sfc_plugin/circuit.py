@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from sae_lens import SAE
@@ -36,6 +36,9 @@ from sfc_plugin.attribution.edges import run_edge_effects
 from sfc_plugin.attribution.effects import NodeEffects, run_node_effects
 from sfc_plugin.attribution.run import Ablation, Aggregation, prepare_run
 from sfc_plugin.nodes import METRIC_NODE
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 SCHEMA = "sfc_plugin.circuit"
 SCHEMA_VERSION = 1
@@ -95,7 +98,7 @@ class Circuit:
 
         graph = nx.DiGraph()
         for row in self.nodes.to_dict("records"):
-            graph.add_node(row["node"], **{k: v for k, v in row.items() if k != "node"})
+            graph.add_node(row["node"], **{str(k): v for k, v in row.items() if k != "node"})
         graph.add_node(METRIC_NODE, kind="metric")
         for row in self.edges.itertuples(index=False):
             graph.add_edge(row.upstream, row.downstream, effect=row.effect)
@@ -178,8 +181,9 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def _plain(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if hasattr(value, "item"):
-        return value.item()
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if item is not None:
+        return item()
     return value
 
 
@@ -191,7 +195,7 @@ def _restore(nodes: pd.DataFrame) -> pd.DataFrame:
 
 
 def discover_circuit(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     data,
     *,
@@ -239,7 +243,7 @@ def discover_circuit(
 
 
 def circuit_and_effects(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     data,
     *,

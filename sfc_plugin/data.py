@@ -19,11 +19,14 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 PAIR_KEYS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
 SINGLE_KEYS = ("prefix", "answer")
@@ -170,10 +173,12 @@ class Batch:
                 return None
             return t.repeat(n, *([1] * (t.dim() - 1)))
 
-        return Batch(**{k: rep(v) for k, v in vars(self).items()})
+        fields: dict[str, Any] = {k: rep(v) for k, v in vars(self).items()}
+        return Batch(**fields)
 
     def select(self, index: slice) -> Batch:
-        return Batch(**{k: None if v is None else v[index] for k, v in vars(self).items()})
+        fields: dict[str, Any] = {k: None if v is None else v[index] for k, v in vars(self).items()}
+        return Batch(**fields)
 
 
 @dataclass
@@ -195,7 +200,9 @@ class TokenizedDataset:
         return -(-len(self.dataset) // batch_size)
 
 
-def tokenize(model, dataset: Dataset, *, same_length: bool, need_patch: bool) -> TokenizedDataset:
+def tokenize(
+    model: HookedTransformer, dataset: Dataset, *, same_length: bool, need_patch: bool
+) -> TokenizedDataset:
     """Tokenize every row with ``model.to_tokens`` and check it.
 
     Args:
@@ -208,14 +215,15 @@ def tokenize(model, dataset: Dataset, *, same_length: bool, need_patch: bool) ->
     Raises ``ValueError`` naming the row for answers that are not one token and for length
     mismatches.
     """
-    if model.tokenizer is None:
+    tokenizer = model.tokenizer
+    if tokenizer is None:
         raise ValueError("the model has no tokenizer; load it with one to use text data")
     clean, patch, clean_ans, patch_ans = [], [], [], []
 
     def answer_id(text: str, i: int, which: str) -> int:
         ids = model.to_tokens(text, prepend_bos=False)[0]
         if len(ids) != 1:
-            pieces = [model.tokenizer.decode([t]) for t in ids.tolist()]
+            pieces = [tokenizer.decode([t]) for t in ids.tolist()]
             raise ValueError(
                 f"{dataset.where(i)}: {which} {text!r} is {len(ids)} tokens {pieces} for this "
                 "tokenizer; answers must be exactly one token"
@@ -229,6 +237,8 @@ def tokenize(model, dataset: Dataset, *, same_length: bool, need_patch: bool) ->
         if dataset.is_pairs:
             patch_ans.append(answer_id(str(ex.patch_answer), i, "patch_answer"))
         if need_patch:
+            if ex.patch_prefix is None:
+                raise ValueError(f"{dataset.where(i)}: patch ablation needs a patch_prefix")
             p = model.to_tokens(ex.patch_prefix)[0]
             if same_length and len(p) != len(c):
                 raise ValueError(
@@ -244,7 +254,9 @@ def tokenize(model, dataset: Dataset, *, same_length: bool, need_patch: bool) ->
                 "must have the same token length (or use aggregation='sum')"
             )
     width = max(len(t) for t in clean + patch)
-    pad_id = model.tokenizer.pad_token_id or 0
+    pad_id = tokenizer.pad_token_id or 0
+    if not isinstance(pad_id, int):
+        raise ValueError(f"the tokenizer's pad_token_id is {pad_id!r}, not a token id")
     device = model.cfg.device
 
     def pad(seqs: list[Tensor]) -> Tensor:

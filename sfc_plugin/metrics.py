@@ -25,6 +25,8 @@ def _last_logits(logits: Tensor, batch: Batch) -> Float[Tensor, "batch d_vocab"]
 
 def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], batch: Batch) -> Float[Tensor, " batch"]:
     """logit(patch_answer) - logit(clean_answer) at the last clean token (default for pairs)."""
+    if batch.patch_answer is None:
+        raise ValueError("logit_diff needs contrastive pairs (a patch_answer per row)")
     last = _last_logits(logits, batch)
     return (
         last.gather(1, batch.patch_answer[:, None])[:, 0]

@@ -30,12 +30,16 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from sae_lens import SAE, Transcoder
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 # Rank of a hook inside a transformer block, in forward order. Hooks are matched on the part
 # of the name after ``blocks.{L}.``; unknown hooks sort after the known ones of their block.
@@ -144,7 +148,7 @@ def read_hook_of(hook_name: str, sae: SAE) -> str:
     return read
 
 
-def make_sites(model, saes: Mapping[str, SAE]) -> list[Site]:
+def make_sites(model: HookedTransformer, saes: Mapping[str, SAE]) -> list[Site]:
     """Validate ``saes`` (keyed by the hook each writes) against ``model`` and return its
     sites in forward order. Sites may not overlap: each reads at or after the hook the
     previous one writes."""
@@ -281,7 +285,9 @@ def _record(site: Site, acts: SiteActivations, grad: bool) -> WriteFn:
 
 
 @contextmanager
-def attach_saes(model, saes: Mapping[str, SAE], *, grad: bool = True) -> Iterator[SiteActivations]:
+def attach_saes(
+    model: HookedTransformer, saes: Mapping[str, SAE], *, grad: bool = True
+) -> Iterator[SiteActivations]:
     """Attach ``saes`` as sites for the duration of the ``with`` block.
 
     Yields a ``SiteActivations`` that each forward pass refills: ``features[h]``
@@ -297,6 +303,8 @@ def attach_saes(model, saes: Mapping[str, SAE], *, grad: bool = True) -> Iterato
     """
     sites = make_sites(model, saes)
     acts = SiteActivations()
-    hooks = [hook for s in sites for hook in site_hooks(s, _record(s, acts, grad))]
+    hooks: list[tuple[str | Callable, Callable]] = [
+        hook for s in sites for hook in site_hooks(s, _record(s, acts, grad))
+    ]
     with model.hooks(fwd_hooks=hooks):
         yield acts

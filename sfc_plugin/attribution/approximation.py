@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sae_lens import SAE
@@ -19,6 +19,9 @@ from sfc_plugin.attribution.effects import NodeEffects, node_effects
 from sfc_plugin.attribution.run import Ablation, Aggregation
 from sfc_plugin.data import Dataset
 from sfc_plugin.nodes import parse_node_id
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 APPROXIMATION_COLUMNS = [
     "node",
@@ -35,7 +38,7 @@ APPROXIMATION_COLUMNS = [
 
 
 def approximation_check(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     data: Dataset | str | Path | Sequence[dict[str, Any]],
     *,
@@ -54,7 +57,7 @@ def approximation_check(
     ``nodes``: node ids to check; default the ``top`` nodes of each site kind by
     ``max(|AtP|, |IG|)``. Other arguments as in ``node_effects``.
     """
-    common = dict(
+    common: dict[str, Any] = dict(
         ablation=ablation,
         aggregation=aggregation,
         metric=metric,
@@ -65,7 +68,7 @@ def approximation_check(
     ig = node_effects(model, saes, data, method="ig", steps=steps, **common)
     if nodes is None:
         size = atp.to_frame().set_index("node").effect.abs()
-        size = pd.concat([size, ig.to_frame().set_index("node").effect.abs()], axis=1).max(1)
+        size = pd.concat([size, ig.to_frame().set_index("node").effect.abs()], axis=1).max(axis=1)
         components = {s.hook_name: s.component for s in atp.sites}
         frame = pd.DataFrame({"node": size.index, "size": size.values})
         frame["component"] = [components[parse_node_id(n)[0]] for n in frame.node]

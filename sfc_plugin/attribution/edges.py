@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
@@ -50,6 +50,9 @@ from sfc_plugin.attribution.run import Ablation, Aggregation, EffectsRun, SiteTe
 from sfc_plugin.data import Batch
 from sfc_plugin.nodes import METRIC_NODE, check_node_id, node_id
 from sfc_plugin.sites import Site, WriteFn, compose, encode, site_hooks
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
@@ -199,10 +202,10 @@ def batch_edges(
                 allow_unused=True,
             )
             for j, up in enumerate(ups):
-                pair = grads[2 * j : 2 * j + 2]
-                if pair[0] is None:  # f and eps enter the site output together
+                g_f, g_e = grads[2 * j], grads[2 * j + 1]
+                if g_f is None:  # f and eps enter the site output together
                     continue  # no path from this site that avoids the sites between
-                values = _edge_values(pair, terms[up.hook_name], batch.mask, run.templatic)
+                values = _edge_values((g_f, g_e), terms[up.hook_name], batch.mask, run.templatic)
                 acc.add_rows(h, up.hook_name, rows, _select(*values, kept[up.hook_name]))
     # edges into the metric: direct effects of every kept node with later sites held fixed
     inputs = [t for s in sites for t in leaves[s.hook_name]]
@@ -211,13 +214,13 @@ def batch_edges(
         h = site.hook_name
         if not kept[h].nodes:
             continue
-        pair = tuple(g[None] for g in grads[2 * j : 2 * j + 2])
+        pair = (grads[2 * j][None], grads[2 * j + 1][None])
         values = _edge_values(pair, terms[h], batch.mask, run.templatic)
         acc.add_rows(METRIC_NODE, h, slice(None), _select(*values, kept[h]))
 
 
 def edge_effects(
-    model,
+    model: HookedTransformer,
     saes,
     data,
     nodes: Sequence[str],
@@ -255,7 +258,7 @@ def edge_effects(
 
 
 def run_edge_effects(
-    model,
+    model: HookedTransformer,
     run: EffectsRun,
     nodes: Sequence[str],
     *,

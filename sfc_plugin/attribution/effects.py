@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -48,6 +48,9 @@ from sfc_plugin.data import Batch, Dataset
 from sfc_plugin.metrics import Metric
 from sfc_plugin.nodes import node_id, node_masks
 from sfc_plugin.sites import Site
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
@@ -102,8 +105,9 @@ class NodeEffects:
         df = pd.DataFrame(rows, columns=cols)
         return df.reindex(df.effect.abs().sort_values(ascending=False).index).reset_index(drop=True)
 
+
 def node_effects(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     data: Dataset | str | Path | Sequence[dict[str, Any]],
     *,
@@ -159,7 +163,11 @@ def node_effects(
 
 
 def run_node_effects(
-    model, run: EffectsRun, *, nodes: Sequence[str] | None = None, progress: bool = True
+    model: HookedTransformer,
+    run: EffectsRun,
+    *,
+    nodes: Sequence[str] | None = None,
+    progress: bool = True,
 ) -> NodeEffects:
     """``node_effects`` on a prepared run (``prepare_run``), e.g. one an edge pass shares."""
     method, ablation = run.method, run.ablation
@@ -167,8 +175,8 @@ def run_node_effects(
     wanted = None
     if nodes is not None:
         wanted = node_masks(nodes, run.sites, run.tokens.n_pos, templatic)
-    totals_f = {s.hook_name: 0.0 for s in run.sites}
-    totals_e = {s.hook_name: 0.0 for s in run.sites}
+    totals_f: dict[str, Tensor] = {}
+    totals_e: dict[str, Tensor] = {}
     metric_sum = 0.0
     for batch in run.batches(progress, f"node effects ({method})"):
         if method == "exact":
@@ -192,8 +200,9 @@ def run_node_effects(
             effects = {h: t.effects() for h, t in terms.items()}
         metric_sum += float(clean.metric.sum())
         for h, (eff_f, eff_e) in effects.items():
-            totals_f[h] = totals_f[h] + _aggregate(eff_f, batch.mask, templatic)
-            totals_e[h] = totals_e[h] + _aggregate(eff_e, batch.mask, templatic)
+            for totals, eff in ((totals_f, eff_f), (totals_e, eff_e)):
+                part = _aggregate(eff, batch.mask, templatic)
+                totals[h] = totals[h] + part if h in totals else part
     n = len(run.dataset)
     features = {h: t / n for h, t in totals_f.items()}
     errors = {h: t / n for h, t in totals_e.items()}

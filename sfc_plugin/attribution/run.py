@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
@@ -29,15 +29,20 @@ from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, toke
 from sfc_plugin.metrics import Metric, resolve_metric
 from sfc_plugin.sites import Site, attach_saes, compose, make_sites
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
 Method = Literal["exact", "atp", "ig"]
 
 Ablation = Literal["patch", "zero", "mean"]
 
 Aggregation = Literal["templatic", "sum"]
 
+
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
 
 @dataclass
 class SiteTerms:
@@ -55,6 +60,7 @@ class SiteTerms:
     def effects(self) -> tuple[Tensor, Tensor]:
         """Per-example effects: features ``[batch, pos, d_sae]``, errors ``[batch, pos]``."""
         return self.grad_f * self.delta_f, (self.grad_e * self.delta_e).sum(-1)
+
 
 @dataclass
 class EffectsRun:
@@ -126,7 +132,7 @@ def _nbytes(*tensors: Tensor) -> int:
 
 
 def prepare_run(
-    model,
+    model: HookedTransformer,
     saes,
     data,
     *,
@@ -176,6 +182,7 @@ def prepare_run(
         cache_bytes=cache_bytes,
     )
 
+
 def run_model(model, tokens: Tensor, start: tuple[int, Tensor] | None, hooks) -> Tensor:
     """Logits of ``tokens``, or of the cached residual ``start = (layer, resid_pre)`` run from
     that block on; ``hooks`` are attached for this pass only. Right padding needs no mask."""
@@ -185,10 +192,12 @@ def run_model(model, tokens: Tensor, start: tuple[int, Tensor] | None, hooks) ->
         layer, resid = start
         return model(resid, start_at_layer=layer, padding_side="right")
 
+
 def run_with_site(model, site: Site, f: Tensor, e: Tensor, batch: Batch, start) -> Tensor:
     """Logits with ``site``'s output set to ``decode(f) + e`` (other sites untouched)."""
     hook = (site.hook_name, lambda x, hook: compose(site, f, e, x))
     return run_model(model, batch.clean_tokens, start, [hook])
+
 
 @dataclass
 class CleanPass:
@@ -207,6 +216,7 @@ class CleanPass:
             return None
         resid = self.resid_pre[site.layer]
         return site.layer, resid.repeat(repeat, *([1] * (resid.dim() - 1)))
+
 
 def clean_pass(model, sites: list[Site], batch: Batch, metric: Metric, grad: bool) -> CleanPass:
     resid: dict[int, Tensor] = {}
@@ -237,12 +247,14 @@ def clean_pass(model, sites: list[Site], batch: Batch, metric: Metric, grad: boo
         resid_pre=resid,
     )
 
+
 def site_values(model, sites: list[Site], tokens: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """Features and errors of every site on ``tokens`` (no gradient)."""
     saes = {s.hook_name: s.sae for s in sites}
     with torch.no_grad(), attach_saes(model, saes, grad=False) as acts:
         model(tokens, padding_side="right")
     return {h: (acts.features[h], acts.errors[h]) for h in saes}
+
 
 def mean_values(model, sites: list[Site], batches, templatic: bool):
     """Dataset means of features and errors on the clean prefixes: per position ``[1, pos, d]``
@@ -261,9 +273,12 @@ def mean_values(model, sites: list[Site], batches, templatic: bool):
         count += len(batch) if templatic else int(batch.mask.sum())
     return {h: (f / count, e / count) for h, (f, e) in sums.items()}
 
+
 def ablated_values(model, sites, batch: Batch, ablation: Ablation, means, clean: CleanPass):
     """Per-example ablated values ``(features, errors)`` of every site."""
     if ablation == "patch":
+        if batch.patch_tokens is None:
+            raise ValueError("ablation='patch' needs the patch prefixes tokenized (need_patch)")
         return site_values(model, sites, batch.patch_tokens)
     if ablation == "mean":
         b, p = batch.clean_tokens.shape
@@ -272,6 +287,7 @@ def ablated_values(model, sites, batch: Batch, ablation: Ablation, means, clean:
         h: (torch.zeros_like(clean.features[h]), torch.zeros_like(clean.errors[h]))
         for h in clean.features
     }
+
 
 def _ig_mean_grads(
     model,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from sae_lens import SAE
@@ -19,6 +19,9 @@ from sfc_plugin.data import Dataset
 from sfc_plugin.dictionaries.neurons import neuron_saes
 from sfc_plugin.evaluation.scores import ErrorPolicy, EvalAblation, Evaluator
 from sfc_plugin.nodes import is_error
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 CURVE_COLUMNS = [
     "kind",
@@ -47,7 +50,7 @@ def default_thresholds(effects: NodeEffects, n: int = 16, decades: float = 4.0) 
 
 
 def faithfulness_curve(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     data_train: Dataset | str | Path | Sequence[dict[str, Any]],
     data_test: Dataset | str | Path | Sequence[dict[str, Any]],

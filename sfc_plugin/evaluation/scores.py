@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from sae_lens import SAE
@@ -52,6 +52,9 @@ from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, toke
 from sfc_plugin.metrics import Metric, resolve_metric
 from sfc_plugin.nodes import NodeMasks, count_nodes, has_position, node_masks
 from sfc_plugin.sites import Site, WriteFn, compose, encode, make_sites, site_hooks
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 ErrorPolicy = Literal["keep", "remove", "remove_attn_mlp"]
 EvalAblation = Literal["mean", "zero"]
@@ -97,7 +100,7 @@ class Evaluator:
 
     def __init__(
         self,
-        model,
+        model: HookedTransformer,
         saes: Mapping[str, SAE],
         data: Dataset | str | Path | Sequence[dict[str, Any]],
         *,
@@ -183,9 +186,7 @@ class Evaluator:
             device=self.model.cfg.device,
         )
 
-    def _with_policy(
-        self, kept: NodeMasks, complement: bool
-    ) -> NodeMasks:
+    def _with_policy(self, kept: NodeMasks, complement: bool) -> NodeMasks:
         """``kept`` (or its complement) with the error policy applied, as new masks."""
         out = {}
         for site in self.sites:
@@ -262,7 +263,7 @@ def _evaluator(model, saes, circuit: CircuitLike, data, aggregation, **options: 
 
 
 def circuit_scores(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     circuit: CircuitLike,
     data: Dataset | str | Path | Sequence[dict[str, Any]],
@@ -277,7 +278,7 @@ def circuit_scores(
 ) -> CircuitScores:
     """Faithfulness and completeness of ``circuit`` together (the four mean metrics).
     Arguments as in ``faithfulness``."""
-    options = dict(
+    options: dict[str, Any] = dict(
         ablation=ablation,
         start_layer=start_layer,
         errors=errors,
@@ -289,7 +290,7 @@ def circuit_scores(
 
 
 def faithfulness(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     circuit: CircuitLike,
     data: Dataset | str | Path | Sequence[dict[str, Any]],
@@ -317,7 +318,7 @@ def faithfulness(
         metric: as in ``node_effects`` (default: logit difference for pairs).
         batch_size: examples per forward.
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         ablation=ablation,
         start_layer=start_layer,
         errors=errors,
@@ -329,7 +330,7 @@ def faithfulness(
 
 
 def completeness(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     circuit: CircuitLike,
     data: Dataset | str | Path | Sequence[dict[str, Any]],
@@ -344,7 +345,7 @@ def completeness(
 ) -> float:
     """Faithfulness of the complement of ``circuit`` (its nodes ablated, all others kept):
     near 0 when the circuit is needed for the behaviour. Arguments as in ``faithfulness``."""
-    options = dict(
+    options: dict[str, Any] = dict(
         ablation=ablation,
         start_layer=start_layer,
         errors=errors,
@@ -354,5 +355,3 @@ def completeness(
     )
     ev = _evaluator(model, saes, circuit, data, aggregation, **options)
     return ev.score(circuit, complement=True)
-
-

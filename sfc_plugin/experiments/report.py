@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from sae_lens import SAE
@@ -23,6 +23,9 @@ from sfc_plugin.circuit import Circuit, circuit_and_effects
 from sfc_plugin.data import Dataset, read_dataset
 from sfc_plugin.evaluation import ErrorPolicy, Evaluator, faithfulness_curve, nodes_to_reach
 from sfc_plugin.frontend.report_page import report_html
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 @dataclass
@@ -61,7 +64,7 @@ class CircuitReport:
 
 
 def circuit_report(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     data_train: Dataset | str | Path | Sequence[dict[str, Any]],
     data_test: Dataset | str | Path | Sequence[dict[str, Any]],
@@ -95,7 +98,7 @@ def circuit_report(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    common = dict(metric=metric, aggregation=aggregation, batch_size=batch_size)
+    common: dict[str, Any] = dict(metric=metric, aggregation=aggregation, batch_size=batch_size)
     circuit, effects = circuit_and_effects(
         model,
         saes,

@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import circuitsvis
 import torch
@@ -65,6 +65,9 @@ from sfc_plugin.models import EMBEDDED_MODEL, is_embedded_model, load_model
 from sfc_plugin.models.cache import cache_dir, ensure_cache_entry
 from sfc_plugin.nodes import node_id
 from sfc_plugin.sites import Site, encode, hook_sort_key, make_sites
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 __all__ = [
     "EDGES",
@@ -474,7 +477,8 @@ def _canonical_model_name(name: str) -> str:
 
 def _model_name(saes: Mapping[str, SAE], model) -> str:
     """The model the SAEs were trained on (``cfg.metadata.model_name``), else the model's."""
-    names = {getattr(sae.cfg.metadata, "model_name", None) for sae in saes.values()} - {None, ""}
+    found = (getattr(sae.cfg.metadata, "model_name", None) for sae in saes.values())
+    names: set[str] = {n for n in found if n is not None and n != ""}
     if len(names) > 1:
         raise ValueError(f"the SAEs name different models: {sorted(names)}")
     if names:
@@ -528,7 +532,7 @@ def index_key(
 
 def feature_index(
     saes: Mapping[str, SAE],
-    model=None,
+    model: HookedTransformer | None = None,
     *,
     sample: str | Path = SAMPLE,
     context: int = 128,
@@ -584,7 +588,7 @@ def feature_dashboard(
     saes: Mapping[str, SAE],
     site: str,
     feature: int,
-    model=None,
+    model: HookedTransformer | None = None,
     *,
     n_contexts: int = 10,
     n_outputs: int = 10,
@@ -700,7 +704,10 @@ def _colored_context(view: ContextView, max_value: float) -> tuple[str, Markup]:
     # local_src inlines the bundle (circuitsvis_script provides it once per page) and writes
     # the container as `<div .../>`, which HTML parsers treat as an unclosed div.
     src = rendered.local_src.replace(_bundle(), "").replace('"/>', '"></div>', 1)
-    return re.search(r'id="([^"]+)"', src)[1], Markup(src)
+    container = re.search(r'id="([^"]+)"', src)
+    if container is None:
+        raise RuntimeError("CircuitsVis colored_tokens output has no container id")
+    return container[1], Markup(src)
 
 
 def _histogram_svg(

@@ -4,12 +4,15 @@ AtP/IG-vs-exact scatter. Each function returns a ``matplotlib.figure.Figure``; s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-_KIND_STYLE = {"features": ("tab:blue", "o"), "neurons": ("tab:orange", "s")}
+_KIND_STYLE: dict[Hashable, tuple[str | None, str]] = {
+    "features": ("tab:blue", "o"),
+    "neurons": ("tab:orange", "s"),
+}
 
 
 def plot_faithfulness_curve(

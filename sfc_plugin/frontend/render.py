@@ -53,7 +53,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
 
 import pandas as pd
 from markupsafe import Markup
@@ -198,19 +198,23 @@ def layout(
 ) -> Layout:
     """Place the nodes and edges of ``circuit`` (see the module docstring)."""
     frame = circuit.nodes
-    tokens = list(tokens) if tokens is not None else circuit.settings.get("tokens")
+    prompt: list[str] | None = (
+        list(tokens) if tokens is not None else circuit.settings.get("tokens")
+    )
     sites = sorted(set(frame.hook_name), key=hook_sort_key)
     cells: dict[tuple[str, int | None], list[Shape]] = {}
-    for row in frame.sort_values("effect", key=abs, ascending=False).itertuples(index=False):
+    node_columns = ["node", "kind", "hook_name", "position", "feature", "effect"]
+    by_size = frame.sort_values("effect", key=abs, ascending=False)[node_columns]
+    for node, kind, hook_name, position, feature, effect in by_size.itertuples(index=False):
         shape = Shape(
-            row.node,
-            "error" if row.kind == "error" else "feature",
-            row.hook_name,
-            _optional_int(row.position),
-            _optional_int(row.feature),
-            float(row.effect),
+            node,
+            "error" if kind == "error" else "feature",
+            hook_name,
+            _optional_int(position),
+            _optional_int(feature),
+            float(effect),
         )
-        cells.setdefault((row.hook_name, shape.position), []).append(shape)
+        cells.setdefault((hook_name, shape.position), []).append(shape)
 
     # Collapse: the k largest nodes of each cell, the rest into one aggregate.
     alias: dict[str, str] = {}
@@ -228,20 +232,23 @@ def layout(
     shapes = {s.id: s for cell in cells.values() for s in cell}
     metric = shapes[METRIC_NODE] = Shape(METRIC_NODE, "metric", None, None, None, math.nan)
     summed: dict[tuple[str, str], float] = {}
-    for up, down, effect in circuit.edges[["upstream", "downstream", "effect"]].itertuples(
-        index=False
-    ):
-        key = (alias.get(up, up), alias.get(down, down))
+    for upstream, downstream, effect in circuit.edges[
+        ["upstream", "downstream", "effect"]
+    ].itertuples(index=False):
+        src, dst = str(upstream), str(downstream)  # node ids
+        key = (alias.get(src, src), alias.get(dst, dst))
         missing = [n for n in key if n not in shapes]
         if missing:
-            raise ValueError(f"edge {up} -> {down}: {missing[0]!r} is not a node of the circuit")
+            raise ValueError(
+                f"edge {upstream} -> {downstream}: {missing[0]!r} is not a node of the circuit"
+            )
         summed[key] = summed.get(key, 0.0) + float(effect)
     edges = sorted(((u, d, e) for (u, d), e in summed.items()), key=lambda t: abs(t[2]))
 
     # Columns: positions (None, the summed "position", first); with tokens, the whole prompt.
     positions = {pos for _, pos in cells}
-    if tokens and positions != {None}:
-        positions |= set(range(len(tokens)))
+    if prompt and positions != {None}:
+        positions |= set(range(len(prompt)))
     left = PAD + max([len(_row_label(s)) * CHAR_W for s in sites] + [40]) + PAD
     x = left
     columns: list[tuple[float, float, list[str]]] = []
@@ -250,7 +257,7 @@ def layout(
         if pos is None:
             lines = [] if positions == {None} else ["all"]
         else:
-            token = [_token_label(tokens[pos])] if tokens and pos < len(tokens) else []
+            token = [_token_label(prompt[pos])] if prompt and pos < len(prompt) else []
             lines = [str(pos), *token]
         most = max(len(cells.get((s, pos), [])) for s in sites) if sites else 0
         width = max(most * SLOT, max(map(len, lines), default=0) * CHAR_W + 8, 24) + PAD
@@ -302,7 +309,7 @@ def layout(
         edges=edges,
         rows=rows,
         columns=columns,
-        tokens=tokens,
+        tokens=prompt,
         width=width,
         height=bottom + NODE_H / 2 + LABEL_H + PAD,
         node_scale=max((abs(e) for e in real), default=0.0),
@@ -476,13 +483,18 @@ def _summed_id(node: str) -> str:
     return node.split("@", 1)[0]
 
 
+def _is_feature_index(dashboards: object) -> TypeGuard[FeatureIndexLike]:
+    return hasattr(dashboards, "dashboard")
+
+
 def _hover_info(dashboards: Dashboards, s: Shape) -> dict[str, Any] | str | None:
     """What ``dashboards`` knows about node ``s``: a normalised dict, an HTML string, or None."""
     if isinstance(dashboards, Mapping):
         info = dashboards.get(s.id, dashboards.get(_summed_id(s.id)))
-    elif hasattr(dashboards, "dashboard"):
+    elif _is_feature_index(dashboards):
         if s.kind != "feature":
             return None
+        assert s.site is not None and s.feature is not None  # feature shapes have both
         try:
             info = dashboards.dashboard(
                 s.site, s.feature, n_contexts=N_CONTEXTS, n_outputs=N_OUTPUTS

@@ -300,7 +300,7 @@ def _build_weights(tmp: Path, gguf: Path, fold_ln: bool) -> None:
     save_file(params, str(tmp / _WEIGHTS_FILE), metadata={"fold_ln": str(fold_ln)})
     # Keep the HF config (the source of the TL config) without the GGUF quantization note.
     if hasattr(hf_config, "quantization_config"):
-        del hf_config.quantization_config
+        delattr(hf_config, "quantization_config")
     hf_config.save_pretrained(str(tmp))
 
 
@@ -392,7 +392,11 @@ def load_model(
     device = torch.device(device) if device is not None else default_device()
     if not is_embedded_model(name):
         model = HookedSAETransformer.from_pretrained(
-            name, device=device, dtype=dtype, **from_pretrained_kwargs
+            # dtype is unannotated in TransformerLens (inferred str) but torch.dtype works too
+            name,
+            device=device,
+            dtype=dtype,  # pyright: ignore[reportArgumentType]
+            **from_pretrained_kwargs,
         )
     else:
         model = _load_embedded(device, _resolve_dtype(dtype), dict(from_pretrained_kwargs))

@@ -264,8 +264,9 @@ def _prose_directive(caption: str, required: int, optional: int) -> type[Directi
                 if len(self.arguments) > required:
                     explanation, _ = self.state.inline_text(self.arguments[required], self.lineno)
                     lead += [*explanation, nodes.Text(" ")]
-            if lead and body.children and isinstance(body[0], nodes.paragraph):
-                body[0][0:0] = lead
+            first = body[0] if body.children else None
+            if lead and isinstance(first, nodes.paragraph):
+                first[0:0] = lead
             elif lead:
                 body.insert(0, nodes.paragraph("", "", *lead))
             return body.children
@@ -309,7 +310,8 @@ def _parse_rst(text: str, labels: dict[str, str]) -> nodes.document:
         return [nodes.Text(_role(name, utils.unescape(content), labels))], []
 
     for name in set(_ROLE_NAME.findall(text)):
-        roles.register_local_role(name, role)
+        # types-docutils says roles return reference nodes; docutils takes any nodes
+        roles.register_local_role(name, role)  # pyright: ignore[reportArgumentType]
     for name in set(_DIRECTIVE_NAME.findall(text)):
         directives.register_directive(name, _PROSE_DIRECTIVES.get(name, _Dropped))
     return publish_doctree(text, settings_overrides=_DOCUTILS_SETTINGS)
