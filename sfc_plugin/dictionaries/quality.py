@@ -17,7 +17,9 @@ when an SAE is spliced in):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -28,10 +30,13 @@ from tqdm.auto import tqdm
 from sfc_plugin.datasets.text import token_batches
 from sfc_plugin.sites import decode, encode, make_sites
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
 
 @torch.no_grad()
 def sae_quality(
-    model,
+    model: HookedTransformer,
     saes: Mapping[str, SAE],
     texts: Iterable[str],
     *,
@@ -56,10 +61,7 @@ def sae_quality(
     """
     sites = make_sites(model, saes)
     first = 1 if model.cfg.default_prepend_bos else 0
-    stats = {
-        s.hook_name: dict(sse=0.0, sum_x=0.0, sum_x2=0.0, l0=0.0, fired=None, loss_sae=0.0)
-        for s in sites
-    }
+    stats = {s.hook_name: _SiteStats() for s in sites}
     loss_clean = 0.0
     loss_zero = {s.hook_name: 0.0 for s in sites}
     n_tokens = n_pred = 0
@@ -67,6 +69,7 @@ def sae_quality(
         tokens = tokens.to(model.cfg.device)
         starts = [f"blocks.{s.layer}.hook_resid_pre" for s in sites if s.layer is not None]
         logits, cache = model.run_with_cache(tokens, names_filter=list(stats) + starts)
+        assert isinstance(logits, Tensor)  # return_type "logits", the default
         with_ce = n_pred < ce_tokens
         if with_ce:
             loss_clean += float(_loss_sum(logits, tokens, first))
@@ -76,54 +79,67 @@ def sae_quality(
             x = cache[site.hook_name]
             f, err = encode(site, x)
             x_flat = x.reshape(*x.shape[:2], -1)[:, first:]
-            st["sse"] += float(err[:, first:].pow(2).sum())
-            st["sum_x"] = st["sum_x"] + x_flat.sum((0, 1))
-            st["sum_x2"] += float(x_flat.pow(2).sum())
+            st.sse += float(err[:, first:].pow(2).sum())
+            st.sum_x = st.sum_x + x_flat.sum((0, 1))
+            st.sum_x2 += float(x_flat.pow(2).sum())
             active = f[:, first:] > 0
-            st["l0"] += float(active.sum())
+            st.l0 += float(active.sum())
             fired = active.any(0).any(0)
-            st["fired"] = fired if st["fired"] is None else st["fired"] | fired
+            st.fired = fired if st.fired is None else st.fired | fired
             if with_ce:
                 recon = decode(site, f).reshape(x.shape)
-                for value, into in ((recon, st), (torch.zeros_like(x), None)):
+                for value, zero in ((recon, False), (torch.zeros_like(x), True)):
                     loss = float(
                         _loss_sum(
                             _run_replaced(model, cache, tokens, site, value, first), tokens, first
                         )
                     )
-                    if into is None:
+                    if zero:
                         loss_zero[site.hook_name] += loss
                     else:
-                        into["loss_sae"] += loss
+                        st.loss_sae += loss
         n_tokens += tokens.shape[0] * (tokens.shape[1] - first)
         if n_tokens >= max_tokens:
             break
     rows = []
     for site in sites:
         st = stats[site.hook_name]
-        total_var = st["sum_x2"] - float(st["sum_x"].pow(2).sum()) / n_tokens
+        assert st.fired is not None  # every site saw at least one batch
+        total_var = st.sum_x2 - float(torch.as_tensor(st.sum_x).pow(2).sum()) / n_tokens
         per = 1 / n_pred if n_pred else float("nan")  # ce_tokens=0: no CE losses
         l_clean, l_sae, l_zero = (
             loss_clean * per,
-            st["loss_sae"] * per,
+            st.loss_sae * per,
             loss_zero[site.hook_name] * per,
         )
         rows.append(
             dict(
                 hook_name=site.hook_name,
                 d_sae=site.d_sae,
-                variance_explained=1 - st["sse"] / total_var,
+                variance_explained=1 - st.sse / total_var,
                 ce_recovered=(l_zero - l_sae) / (l_zero - l_clean),
                 ce_clean=l_clean,
                 ce_sae=l_sae,
                 ce_zero=l_zero,
-                l0=st["l0"] / n_tokens,
-                dead_fraction=1 - float(st["fired"].float().mean()),
+                l0=st.l0 / n_tokens,
+                dead_fraction=1 - float(st.fired.float().mean()),
                 tokens=n_tokens,
                 ce_tokens=n_pred,
             )
         )
     return pd.DataFrame(rows)
+
+
+@dataclass
+class _SiteStats:
+    """Running sums of one site over the sample (non-BOS tokens)."""
+
+    sse: float = 0.0
+    sum_x: Tensor | float = 0.0
+    sum_x2: float = 0.0
+    l0: float = 0.0
+    fired: Tensor | None = None
+    loss_sae: float = 0.0
 
 
 def _run_replaced(model, cache, tokens: Tensor, site, value: Tensor, first: int) -> Tensor:

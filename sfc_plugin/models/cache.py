@@ -28,7 +28,6 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "sfc_plugin"
 
 
-
 def _is_valid_entry(path: Path, meta: dict[str, Any]) -> bool:
     try:
         found = json.loads((path / META_FILE).read_text())

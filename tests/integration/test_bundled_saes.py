@@ -17,7 +17,7 @@ from sfc_plugin.sites import attach_saes
 pytestmark = pytest.mark.real_model
 
 RELEASE = "smollm2-135m-sfc"
-TABLE = Path(__file__).parent.parent / "docs" / "sae_quality.csv"
+TABLE = Path(__file__).parents[2] / "docs" / "sae_quality.csv"
 
 
 @pytest.fixture(scope="module")
