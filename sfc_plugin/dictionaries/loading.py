@@ -1,9 +1,9 @@
 """Loading sparse autoencoders (the "dictionaries" of sparse feature circuits).
 
 :func:`load_saes` turns any of the usual ways of naming a set of SAELens SAEs into one
-``dict[hook_name, SAE]``, keyed by the TransformerLens hook each SAE reads
-(``sae.cfg.metadata.hook_name``) and ordered as the model computes those hooks
-(see :func:`sfc_plugin.sites.hook_sort_key`). Accepted sources:
+``dict[hook_name, SAE]``, keyed by the TransformerLens hook each dictionary writes
+(``sae.cfg.metadata.hook_name``; a transcoder's ``hook_name_out``) and ordered as the model
+computes those hooks (see :func:`sfc_plugin.sites.hook_sort_key`). Accepted sources:
 
 * a release name: either a release bundled with this package (see :func:`register_release`)
   or a SAELens pretrained release (a key of SAELens' ``pretrained_saes.yaml``), with
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE
+from sae_lens import SAE, Transcoder
 
 from sfc_plugin.sites import hook_sort_key
 
@@ -41,6 +41,15 @@ __all__ = [
 SAESource = str | os.PathLike | SAE | Sequence[str | os.PathLike | SAE] | Mapping[str, SAE]
 
 _BUNDLED_RELEASES: dict[str, Path] = {}
+
+
+def _site_key(sae: SAE) -> str | None:
+    """The hook a dictionary is keyed by: the one it writes. That is its ``hook_name`` for an
+    SAE and ``hook_name_out`` for a transcoder that records one (``sites.read_hook_of``)."""
+    meta = sae.cfg.metadata
+    if isinstance(sae, Transcoder) and meta.get("hook_name_out"):
+        return meta.get("hook_name_out")
+    return meta.hook_name
 
 
 # --------------------------------------------------------------------------- registry
@@ -313,10 +322,10 @@ def load_saes(
         for key, sae in source.items():
             if not isinstance(sae, SAE):
                 raise TypeError(f"source[{key!r}] is a {type(sae).__name__}, not an SAE")
-            hook = sae.cfg.metadata.hook_name
+            hook = _site_key(sae)
             if hook and hook != key:
                 raise ValueError(
-                    f"source[{key!r}]: the key disagrees with the SAE's own hook name {hook!r}"
+                    f"source[{key!r}]: the key disagrees with the hook the SAE writes {hook!r}"
                 )
             items.append((f"source[{key!r}]", _move(sae, obj_device, dtype)))
     elif isinstance(source, (str, os.PathLike)):
@@ -338,13 +347,13 @@ def load_saes(
 
     by_hook: dict[str, tuple[str, SAE]] = {}
     for origin, sae in items:
-        hook = sae.cfg.metadata.hook_name
+        hook = _site_key(sae)
         if not hook:
             raise ValueError(f"{origin}: SAE has no hook_name in cfg.metadata")
         if hook in by_hook:
             raise ValueError(
-                f"two SAEs read hook {hook!r}: {by_hook[hook][0]} and {origin}; "
-                "load_saes keeps one SAE per hook"
+                f"two dictionaries write hook {hook!r}: {by_hook[hook][0]} and {origin}; "
+                "load_saes keeps one per hook"
             )
         by_hook[hook] = (origin, sae)
     return {hook: by_hook[hook][1] for hook in sorted(by_hook, key=hook_sort_key)}

@@ -25,6 +25,18 @@ import torch
 from sae_lens import Transcoder
 from torch.autograd.functional import jacobian
 
+# Contrastive agreement pairs, all 5 tokens long with the embedded tokenizer.
+AGREEMENT_PAIRS = [
+    {"clean_prefix": c, "patch_prefix": p, "clean_answer": ca, "patch_answer": pa}
+    for c, p, ca, pa in [
+        ("The cat near the dog", "The cats near the dog", " is", " are"),
+        ("The authors that the guard", "The author that the guard", " like", " likes"),
+        ("The boy near the cars", "The boys near the cars", " has", " have"),
+        ("The teachers near the house", "The teacher near the house", " are", " is"),
+        ("The doctor that the farmers", "The doctors that the farmers", " likes", " like"),
+    ]
+]
+
 
 def answer_id(model, text):
     ids = model.to_tokens(text, prepend_bos=False)[0]

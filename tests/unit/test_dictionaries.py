@@ -517,3 +517,23 @@ def test_hook_sort_key_forward_order():
         "ln_final.hook_normalized",
     ]
     assert sorted(reversed(forward), key=hook_sort_key) == forward
+
+
+def test_transcoders_keyed_by_the_hook_they_write(tmp_path):
+    """A transcoder (metadata hook_name = its input, hook_name_out = its output) is keyed by
+    the hook it writes, from objects and from a save_model directory, and ordered by it."""
+    from conftest import make_random_transcoder
+
+    tc = make_random_transcoder("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out", 32, 32)
+    sae = make_sae("blocks.1.hook_resid_post")
+    assert list(load_saes([sae, tc])) == ["blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"]
+    assert list(load_saes({"blocks.1.hook_mlp_out": tc})) == ["blocks.1.hook_mlp_out"]
+    with pytest.raises(ValueError, match="disagrees with the hook the SAE writes"):
+        load_saes({"blocks.1.ln2.hook_normalized": tc})
+    tc.save_model(tmp_path / "tc")
+    loaded = load_saes(tmp_path / "tc", device="cpu")
+    assert list(loaded) == ["blocks.1.hook_mlp_out"]
+    assert type(loaded["blocks.1.hook_mlp_out"]).__name__ == "Transcoder"
+    other = make_random_transcoder("blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out", 32, 32)
+    with pytest.raises(ValueError, match="two dictionaries write hook 'blocks.1.hook_mlp_out'"):
+        load_saes([tc, other])

@@ -27,6 +27,7 @@ import pytest
 import torch
 from conftest import make_saes, make_tiny_model
 from ground_truth import (
+    AGREEMENT_PAIRS,
     assert_nonvacuous,
     check_edges,
     contract,
@@ -58,18 +59,8 @@ SITES = [
 ]
 R0, A1, M1, R1, M2 = SITES
 
-# Contrastive pairs, all 5 tokens long (checked in `_pair_tokens`).
-PAIRS = [
-    ("The cat near the dog", "The cats near the dog", " is", " are"),
-    ("The authors that the guard", "The author that the guard", " like", " likes"),
-    ("The boy near the cars", "The boys near the cars", " has", " have"),
-    ("The teachers near the house", "The teacher near the house", " are", " is"),
-    ("The doctor that the farmers", "The doctors that the farmers", " likes", " like"),
-]
-PAIR_ROWS = [
-    {"clean_prefix": c, "patch_prefix": p, "clean_answer": ca, "patch_answer": pa}
-    for c, p, ca, pa in PAIRS
-]
+# Contrastive pairs, all 5 tokens long (checked in `pair_examples`).
+PAIR_ROWS = AGREEMENT_PAIRS
 
 # Single inputs of different token lengths (for "sum" aggregation).
 SINGLE_ROWS = [

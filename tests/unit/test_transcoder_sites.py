@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import make_random_sae, make_random_transcoder, make_tiny_model
 from ground_truth import (
+    AGREEMENT_PAIRS,
     assert_nonvacuous,
     brute_metric,
     by_site,
@@ -53,17 +54,7 @@ SITES = [R0, A1, T1, T2, R2]
 READS = {T1: "blocks.1.ln2.hook_normalized", T2: "blocks.2.mlp.hook_post"}
 D_SAE = 16
 
-PAIRS = [
-    ("The cat near the dog", "The cats near the dog", " is", " are"),
-    ("The authors that the guard", "The author that the guard", " like", " likes"),
-    ("The boy near the cars", "The boys near the cars", " has", " have"),
-    ("The teachers near the house", "The teacher near the house", " are", " is"),
-    ("The doctor that the farmers", "The doctors that the farmers", " likes", " like"),
-]
-PAIR_ROWS = [
-    {"clean_prefix": c, "patch_prefix": p, "clean_answer": ca, "patch_answer": pa}
-    for c, p, ca, pa in PAIRS
-]
+PAIR_ROWS = AGREEMENT_PAIRS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
