@@ -5,9 +5,9 @@ ran its own IG), as ratios to one plain forward+backward.
     .venv/bin/python benchmarks/circuit.py [--pairs 16] [--d-sae 4608] [--steps 10]
 
 Setup: SmolLM2-135M, across-RC agreement pairs in one batch, random SAEs at 9 sites (attn_out,
-mlp_out, resid_post at layers 5, 15, 25), node threshold chosen to keep about ``--nodes``
-nodes. The unit is one forward+backward of the plain model on the same clean batch
-(``common.plain_forward_backward``). Both circuits are checked equal.
+mlp_out, resid_post at layers 5, 15, 25); the node threshold is the ``--nodes``-th largest AtP
+effect (IG keeps more nodes at it). The unit is one forward+backward of the plain model on the
+same clean batch (``common.plain_forward_backward``). Both circuits are checked equal.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--d-sae", type=int, default=4608)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--nodes", type=int, default=60, help="about this many circuit nodes")
+    ap.add_argument("--nodes", type=int, default=60, help="threshold: this many AtP nodes")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = load_model("smollm2-135m")
@@ -37,7 +37,7 @@ def main() -> None:
     saes = random_saes(model, SITES, args.d_sae)
     batch = tokenize(model, read_dataset(data), same_length=True, need_patch=True).tokens
     kw = dict(method="ig", steps=args.steps, batch_size=len(data), progress=False)
-    # a threshold that keeps about --nodes nodes (from AtP, cheap)
+    # the threshold that keeps --nodes nodes by AtP (cheap)
     table = node_effects(model, saes, data, method="atp", batch_size=len(data), progress=False)
     threshold = float(table.to_frame().effect.abs().iloc[args.nodes])
 
