@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# Copies of library constants (tests/integration/test_cli.py checks them), not imported: --help stays instant.
+# Copies of library constants, not imported so --help stays instant (test_cli.py checks them).
 EMBEDDED_MODEL = "smollm2-135m"  # models.EMBEDDED_MODEL
 DEFAULT_SAES = "smollm2-135m-sfc"
 TASKS = ("simple", "within_rc", "across_rc", "across_pp")  # datasets.TASKS
