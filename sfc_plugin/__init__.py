@@ -38,6 +38,8 @@ _EXPORTS = {
     "feature_index": "sfc_plugin.frontend.dashboards",
     "FeatureIndex": "sfc_plugin.frontend.dashboards",
     "Dashboard": "sfc_plugin.frontend.dashboards",
+    "train_probe": "sfc_plugin.shift",
+    "Probe": "sfc_plugin.shift",
 }
 
 _SUBMODULES = ("datasets",)
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     )
     from sfc_plugin.frontend.plots import plot_approximation, plot_faithfulness_curve
     from sfc_plugin.models import load_model, load_tokenizer
+    from sfc_plugin.shift import Probe, train_probe
     from sfc_plugin.sites import Site, attach_saes
 
 

@@ -40,6 +40,18 @@ ALLOWED: dict[str, set[str]] = {
         "nodes",
         "sites",
     },
+    "shift": {
+        "attribution",
+        "circuit",
+        "data",
+        "datasets",
+        "dictionaries",
+        "evaluation",
+        "frontend",
+        "metrics",
+        "nodes",
+        "sites",
+    },
     "cli": {
         "circuit",
         "datasets",
