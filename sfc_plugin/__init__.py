@@ -42,7 +42,7 @@ _EXPORTS = {
     "Probe": "sfc_plugin.shift",
 }
 
-_SUBMODULES = ("datasets",)
+_SUBMODULES = ("datasets", "shift")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
