@@ -5,7 +5,8 @@ Two row formats, as JSONL files or lists of dicts:
 * contrastive pairs ``{"clean_prefix", "patch_prefix", "clean_answer", "patch_answer"}`` (the
   format of saprmarks/feature-circuits, so its data files load unchanged; extra keys are kept
   out of the way);
-* single inputs ``{"prefix", "answer"}`` (zero or mean ablation).
+* single inputs ``{"prefix", "answer"}`` (zero or mean ablation); ``answer`` may be left out
+  when the metric does not use it (a probe's logit, for SHIFT).
 
 Answers are strings that must be exactly one token (usually with a leading space, ``" is"``).
 Tokenization follows the model's own ``to_tokens`` defaults (its ``default_prepend_bos``); rows
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 PAIR_KEYS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer")
-SINGLE_KEYS = ("prefix", "answer")
+SINGLE_KEYS = ("prefix",)
+NO_ANSWER = -1
+"""``Batch.clean_answer`` of a row without an answer."""
 
 
 @dataclass(frozen=True)
@@ -37,17 +40,19 @@ class Example:
     """One row: a clean prefix and its answer, and for pairs the patch prefix and its answer."""
 
     clean_prefix: str
-    clean_answer: str
+    clean_answer: str | None
     patch_prefix: str | None = None
     patch_answer: str | None = None
 
     def to_record(self) -> dict[str, str]:
         if self.patch_prefix is None:
+            if self.clean_answer is None:
+                return {"prefix": self.clean_prefix}
             return {"prefix": self.clean_prefix, "answer": self.clean_answer}
         return {
             "clean_prefix": self.clean_prefix,
             "patch_prefix": self.patch_prefix,
-            "clean_answer": self.clean_answer,
+            "clean_answer": str(self.clean_answer),
             "patch_answer": str(self.patch_answer),
         }
 
@@ -122,6 +127,8 @@ def read_dataset(data: Dataset | str | Path | Sequence[dict[str, Any]]) -> Datas
                 f"{where(i)} is missing key(s) {missing}; contrastive pairs need {list(PAIR_KEYS)}"
                 f" and single inputs need {list(SINGLE_KEYS)}"
             )
+        if row_kind == "single" and "answer" in rec:
+            keys = (*keys, "answer")
         bad = [k for k in keys if not isinstance(rec[k], str) or not rec[k]]
         if bad:
             raise ValueError(f"{where(i)}: {bad} must be non-empty strings")
@@ -141,7 +148,7 @@ def read_dataset(data: Dataset | str | Path | Sequence[dict[str, Any]]) -> Datas
                 )
             )
         else:
-            examples.append(Example(rec["prefix"], rec["answer"]))
+            examples.append(Example(rec["prefix"], rec.get("answer")))
     return Dataset(examples, source)
 
 
@@ -233,7 +240,9 @@ def tokenize(
     for i, ex in enumerate(dataset.examples):
         c = model.to_tokens(ex.clean_prefix)[0]
         clean.append(c)
-        clean_ans.append(answer_id(ex.clean_answer, i, "clean_answer"))
+        clean_ans.append(
+            NO_ANSWER if ex.clean_answer is None else answer_id(ex.clean_answer, i, "answer")
+        )
         if dataset.is_pairs:
             patch_ans.append(answer_id(str(ex.patch_answer), i, "patch_answer"))
         if need_patch:

@@ -76,6 +76,15 @@ def hook_sort_key(hook_name: str) -> tuple[float, int, str]:
     return (float(layer), len(_COMPONENT_ORDER), hook_name)
 
 
+def stop_layer(hook_name: str, n_layers: int) -> int | None:
+    """The ``stop_at_layer`` of a forward that only needs to reach ``hook_name`` (None: the
+    whole model)."""
+    parts = hook_name.split(".")
+    if parts[0] == "blocks" and int(parts[1]) + 1 < n_layers:
+        return int(parts[1]) + 1
+    return None
+
+
 @dataclass(frozen=True)
 class Site:
     """One dictionary reading ``read_hook`` and writing ``hook_name`` (the same hook for an

@@ -48,6 +48,7 @@ from torch import Tensor
 from sfc_plugin.attribution.effects import NodeEffects
 from sfc_plugin.attribution.run import Ablation, Aggregation, EffectsRun, SiteTerms, prepare_run
 from sfc_plugin.data import Batch
+from sfc_plugin.metrics import forward_metric
 from sfc_plugin.nodes import METRIC_NODE, check_node_id, node_id
 from sfc_plugin.sites import Site, WriteFn, compose, encode, site_hooks
 
@@ -180,8 +181,8 @@ def batch_edges(
         return write
 
     hooks = [hook for s in sites for hook in site_hooks(s, on_write(s))]
-    with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        m = run.metric(model(batch.clean_tokens, padding_side="right"), batch)
+    with torch.enable_grad():
+        m = forward_metric(model, run.metric, batch, hooks=hooks)
     chunk = max(1, run.max_rows // len(batch))
     for i, site in enumerate(sites):
         h = site.hook_name

@@ -41,8 +41,8 @@ from sfc_plugin.attribution.run import (
     Method,
     ablated_values,
     clean_pass,
+    metric_with_site,
     prepare_run,
-    run_with_site,
 )
 from sfc_plugin.data import Batch, Dataset
 from sfc_plugin.metrics import Metric
@@ -272,8 +272,8 @@ def _exact_site(
             else:
                 f[rows, p, i] = f_a[:, p, i]
         stacked = batch.repeat(n)
-        logits = run_with_site(model, site, f, e, stacked, clean.start(model, site, n))
-        delta = (metric(logits, stacked).view(n, b) - clean.metric[None]).to(f_c.dtype)
+        m = metric_with_site(model, site, f, e, stacked, clean.start(model, site, n), metric)
+        delta = (m.view(n, b) - clean.metric[None]).to(f_c.dtype)
         for j, (p, i) in enumerate(chunk):
             if i is None:
                 eff_e[:, p] = delta[j] * batch.mask[:, p]

@@ -26,8 +26,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, tokenize
-from sfc_plugin.metrics import Metric, resolve_metric
-from sfc_plugin.sites import Site, attach_saes, compose, make_sites
+from sfc_plugin.metrics import Metric, forward_metric, read_hook, resolve_metric
+from sfc_plugin.sites import Site, attach_saes, compose, hook_sort_key, make_sites
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -131,6 +131,19 @@ def _nbytes(*tensors: Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def check_sites_feed(sites: list[Site], metric: Metric) -> None:
+    """For a metric that reads a hook, every site must write at or before that hook."""
+    hook = read_hook(metric)
+    if hook is None:
+        return
+    late = [s.hook_name for s in sites if hook_sort_key(s.hook_name)[:2] > hook_sort_key(hook)[:2]]
+    if late:
+        raise ValueError(
+            f"site(s) {late} come after {hook!r}, the hook the metric reads, so they cannot "
+            "affect it; pass only the SAEs at or before that hook"
+        )
+
+
 def prepare_run(
     model: HookedTransformer,
     saes,
@@ -160,6 +173,8 @@ def prepare_run(
             "ablation='patch' needs contrastive pairs (clean_prefix/patch_prefix rows); "
             "use ablation='zero' or 'mean' for single inputs"
         )
+    metric = resolve_metric(metric, dataset.is_pairs)
+    check_sites_feed(sites, metric)
     templatic = aggregation == "templatic"
     tokens = tokenize(model, dataset, same_length=templatic, need_patch=ablation == "patch")
     means = (
@@ -171,7 +186,7 @@ def prepare_run(
         sites=sites,
         dataset=dataset,
         tokens=tokens,
-        metric=resolve_metric(metric, dataset.is_pairs),
+        metric=metric,
         method=method,
         steps=steps,
         ablation=ablation,
@@ -183,20 +198,12 @@ def prepare_run(
     )
 
 
-def run_model(model, tokens: Tensor, start: tuple[int, Tensor] | None, hooks) -> Tensor:
-    """Logits of ``tokens``, or of the cached residual ``start = (layer, resid_pre)`` run from
-    that block on; ``hooks`` are attached for this pass only. Right padding needs no mask."""
-    with model.hooks(fwd_hooks=hooks):
-        if start is None:
-            return model(tokens, padding_side="right")
-        layer, resid = start
-        return model(resid, start_at_layer=layer, padding_side="right")
-
-
-def run_with_site(model, site: Site, f: Tensor, e: Tensor, batch: Batch, start) -> Tensor:
-    """Logits with ``site``'s output set to ``decode(f) + e`` (other sites untouched)."""
+def metric_with_site(
+    model, site: Site, f: Tensor, e: Tensor, batch: Batch, start, metric: Metric
+) -> Tensor:
+    """The metric with ``site``'s output set to ``decode(f) + e`` (other sites untouched)."""
     hook = (site.hook_name, lambda x, hook: compose(site, f, e, x))
-    return run_model(model, batch.clean_tokens, start, [hook])
+    return forward_metric(model, metric, batch, hooks=[hook], start=start)
 
 
 @dataclass
@@ -228,7 +235,7 @@ def clean_pass(model, sites: list[Site], batch: Batch, metric: Metric, grad: boo
     saves = [(f"blocks.{layer}.hook_resid_pre", save_resid) for layer in layers]
     saes = {s.hook_name: s.sae for s in sites}
     with torch.set_grad_enabled(grad), attach_saes(model, saes, grad=grad) as acts:
-        m = metric(run_model(model, batch.clean_tokens, None, saves), batch)
+        m = forward_metric(model, metric, batch, hooks=saves)
     hooks = [s.hook_name for s in sites]
     grads_f: dict[str, Tensor] = {}
     grads_e: dict[str, Tensor] = {}
@@ -318,8 +325,8 @@ def _ig_mean_grads(
         f = ((1 - alpha) * f_c.repeat(n, 1, 1) + alpha * f_a.repeat(n, 1, 1)).requires_grad_()
         e = ((1 - alpha) * e_c.repeat(n, 1, 1) + alpha * e_a.repeat(n, 1, 1)).requires_grad_()
         stacked = batch.repeat(n)
-        logits = run_with_site(model, site, f, e, stacked, clean.start(model, site, n))
-        g_f, g_e = torch.autograd.grad(metric(logits, stacked).sum(), [f, e])
+        m = metric_with_site(model, site, f, e, stacked, clean.start(model, site, n), metric)
+        g_f, g_e = torch.autograd.grad(m.sum(), [f, e])
         sum_f += g_f.view(n, *f_c.shape).sum(0)
         sum_e += g_e.view(n, *e_c.shape).sum(0)
     return sum_f / steps, sum_e / steps

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
-from sfc_plugin.sites import hook_sort_key
+from sfc_plugin.sites import hook_sort_key, stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -74,12 +74,6 @@ def _hook_width(model, hook_name: str) -> int:
 
     tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
     with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, grab)]):
-        model(tokens, stop_at_layer=_stop_layer(hook_name, model.cfg.n_layers))
+        model(tokens, stop_at_layer=stop_layer(hook_name, model.cfg.n_layers))
     return seen[0]
 
-
-def _stop_layer(hook_name: str, n_layers: int) -> int | None:
-    parts = hook_name.split(".")
-    if parts[0] == "blocks" and int(parts[1]) + 1 < n_layers:
-        return int(parts[1]) + 1
-    return None

@@ -46,10 +46,10 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sfc_plugin.attribution.run import Aggregation, check_choice, mean_values
+from sfc_plugin.attribution.run import Aggregation, check_choice, check_sites_feed, mean_values
 from sfc_plugin.circuit import Circuit
 from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, tokenize
-from sfc_plugin.metrics import Metric, resolve_metric
+from sfc_plugin.metrics import Metric, forward_metric, resolve_metric
 from sfc_plugin.nodes import NodeMasks, count_nodes, has_position, node_masks
 from sfc_plugin.sites import Site, WriteFn, compose, encode, make_sites, site_hooks
 
@@ -133,6 +133,7 @@ class Evaluator:
             model, dataset, same_length=self.templatic, need_patch=False
         )
         self.metric: Metric = resolve_metric(metric, dataset.is_pairs)
+        check_sites_feed(self.all_sites, self.metric)
         batches = self.tokens.batches(batch_size)
         if ablation == "mean":
             self.ablated = mean_values(model, self.sites, batches, self.templatic)
@@ -219,9 +220,7 @@ class Evaluator:
         return total / len(self.tokens.dataset)
 
     def _batch_metric(self, batch: Batch, hooks) -> Tensor:
-        with self.model.hooks(fwd_hooks=hooks):
-            logits = self.model(batch.clean_tokens, padding_side="right")
-        return self.metric(logits, batch)
+        return forward_metric(self.model, self.metric, batch, hooks=hooks)
 
     def _on_write(self, site: Site, keep: NodeMasks) -> WriteFn:
         keep_f, keep_e = keep[site.hook_name]

@@ -43,7 +43,7 @@ def default_probe_hook(model: HookedTransformer) -> str:
     return f"blocks.{max(model.cfg.n_layers - 2, 0)}.hook_resid_post"
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
     out = list(texts)
@@ -55,7 +55,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def _check_labels(labels: Sequence[int] | Tensor, n: int) -> Tensor:
+def check_labels(labels: Sequence[int] | Tensor, n: int) -> Tensor:
     values = torch.as_tensor(labels).flatten()
     if len(values) != n:
         raise ValueError(f"{len(values)} labels for {n} texts")
@@ -66,7 +66,7 @@ def _check_labels(labels: Sequence[int] | Tensor, n: int) -> Tensor:
     return values.float()
 
 
-def _token_batches(model: HookedTransformer, texts: list[str], batch_size: int, max_tokens: int):
+def text_batches(model: HookedTransformer, texts: list[str], batch_size: int, max_tokens: int):
     """Right-padded token batches ``[b, pos]`` and masks of the positions to average
     (non-padding, BOS excluded when the model prepends one), ``max_tokens`` at most per text."""
     first = 1 if model.cfg.default_prepend_bos else 0
@@ -100,7 +100,7 @@ def pooled_activations(
     """Mean over each text's real tokens (BOS excluded) of the activation at ``hook``
     (default ``default_probe_hook``), with ``fwd_hooks`` attached: ``[len(texts), d]``.
     The forward stops after the hook's block."""
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     hook = hook or default_probe_hook(model)
     if hook not in model.hook_dict:
         raise ValueError(f"hook {hook!r} is not a hook point of this model")
@@ -116,7 +116,7 @@ def pooled_activations(
     out = []
     n_batches = -(-len(texts) // batch_size)
     for tokens, mask in tqdm(
-        _token_batches(model, texts, batch_size, max_tokens),
+        text_batches(model, texts, batch_size, max_tokens),
         total=n_batches,
         disable=not progress or n_batches <= 1,
         desc=f"activations at {hook}",
@@ -162,8 +162,8 @@ class Probe:
         **options: Any,
     ) -> float:
         """Share of ``texts`` whose predicted label is ``labels``'."""
-        texts = _check_texts(texts)
-        want = _check_labels(labels, len(texts)).long()
+        texts = check_texts(texts)
+        want = check_labels(labels, len(texts)).long()
         return float((self.predict(model, texts, **options).cpu() == want.cpu()).float().mean())
 
     def save(self, path: str | Path) -> None:
@@ -238,8 +238,8 @@ def train_probe(
     if activations is None:
         if model is None or texts is None:
             raise ValueError("pass model and texts, or activations")
-        texts = _check_texts(texts)
-        _check_labels(labels, len(texts))  # before the model pass
+        texts = check_texts(texts)
+        check_labels(labels, len(texts))  # before the model pass
         hook = hook or default_probe_hook(model)
         activations = pooled_activations(
             model,
@@ -255,7 +255,7 @@ def train_probe(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     x = activations.detach().float()
-    y = _check_labels(labels, len(x)).to(x.device)
+    y = check_labels(labels, len(x)).to(x.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         linear = nn.Linear(x.shape[1], 1).to(x.device)

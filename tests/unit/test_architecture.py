@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "nodes": {"sites"},  # for type hints only
     "sites": set(),
     "data": set(),
-    "metrics": {"data"},
+    "metrics": {"data", "sites"},
     "models": set(),
     "datasets": {"data"},
     "dictionaries": {"sites", "datasets"},

@@ -54,6 +54,30 @@ def test_single_inputs_read():
     assert not ds.is_pairs and ds.examples[0].clean_answer == " is"
 
 
+def test_single_inputs_without_answers_need_a_metric_of_their_own(model, saes):
+    """Rows may leave out the answer (a probe's metric reads no answer); the default
+    log-prob metric then says what is missing."""
+    rows = [{"prefix": "The cat sat"}, {"prefix": "A dog"}]
+    ds = read_dataset(rows)
+    assert [ex.clean_answer for ex in ds.examples] == [None, None]
+    assert ds.examples[0].to_record() == rows[0]
+    batch = tokenize(model, ds, same_length=False, need_patch=False).tokens
+    assert batch.clean_answer.tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="some rows have no answer"):
+        node_effects(model, saes, rows, ablation="zero", aggregation="sum", progress=False)
+    res = node_effects(
+        model,
+        saes,
+        rows,
+        method="atp",
+        metric=lambda logits, batch: logits[:, 0, 0],
+        ablation="zero",
+        aggregation="sum",
+        progress=False,
+    )
+    assert res.n_examples == 2
+
+
 def test_empty_data_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         read_dataset([])
