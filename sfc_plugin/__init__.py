@@ -40,6 +40,10 @@ _EXPORTS = {
     "Dashboard": "sfc_plugin.frontend.dashboards",
     "train_probe": "sfc_plugin.shift",
     "Probe": "sfc_plugin.shift",
+    "probe_circuit": "sfc_plugin.shift",
+    "run_shift": "sfc_plugin.shift",
+    "ShiftSettings": "sfc_plugin.shift",
+    "ShiftResult": "sfc_plugin.shift",
 }
 
 _SUBMODULES = ("datasets", "shift")
@@ -68,7 +72,14 @@ if TYPE_CHECKING:
     )
     from sfc_plugin.frontend.plots import plot_approximation, plot_faithfulness_curve
     from sfc_plugin.models import load_model, load_tokenizer
-    from sfc_plugin.shift import Probe, train_probe
+    from sfc_plugin.shift import (
+        Probe,
+        ShiftResult,
+        ShiftSettings,
+        probe_circuit,
+        run_shift,
+        train_probe,
+    )
     from sfc_plugin.sites import Site, attach_saes
 
 

@@ -87,6 +87,10 @@ def random_features(
 ) -> list[str]:
     """``k`` feature ids drawn uniformly without replacement from every feature of ``saes``
     (not in ``exclude``), seeded: the random-ablation baseline."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if k == 0:
+        return []
     hooks = list(saes)
     sizes = torch.tensor([saes[h].cfg.d_sae for h in hooks])
     offsets = torch.cumsum(sizes, 0) - sizes
