@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from sfc_plugin.datasets.bias_in_bios import Source, bias_in_bios
 from sfc_plugin.dictionaries import neuron_saes
+from sfc_plugin.frontend.shift_page import shift_report_html
 from sfc_plugin.shift.ablation import ablation_hooks, mean_features, random_features
 from sfc_plugin.shift.circuit import probe_circuit, probe_sites
 from sfc_plugin.shift.judges import (
@@ -58,7 +59,7 @@ from sfc_plugin.shift.scoring import concept_similarities, concept_vectors, scor
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-    from sfc_plugin.frontend.dashboards import FeatureIndex
+    from sfc_plugin.frontend.dashboards import Dashboard, FeatureIndex
 
 SCHEMA = "sfc_plugin.shift"
 SCHEMA_VERSION = 1
@@ -74,6 +75,40 @@ ROWS = (
     "oracle",
 )
 """The rows of the table, in the paper's order."""
+
+_PAPER = {
+    "Pythia-70M (paper, Table 2)": {
+        "original": (61.9, 87.4, 24.4),
+        "CBP": (82.5, 55.0, 63.1),
+        "SHIFT": (88.5, 54.0, 76.0),
+        "SHIFT + retrain": (93.1, 52.0, 89.0),
+        "neuron skyline": (80.6, 65.6, 46.5),
+        "feature skyline": (88.5, 54.0, 62.9),
+        "oracle": (93.0, 49.4, 91.9),
+    },
+    "Gemma-2-2B (paper)": {
+        "original": (67.7, 81.9, 18.2),
+        "CBP": (90.2, 50.1, 86.8),
+        "SHIFT": (76.0, 51.5, 50.0),
+        "SHIFT + retrain": (95.0, 52.4, 92.9),
+        "neuron skyline": (65.1, 84.3, 4.6),
+        "feature skyline": (80.9, 53.7, 56.7),
+        "oracle": (95.0, 50.6, 92.8),
+    },
+}
+
+
+def paper_tables() -> dict[str, pd.DataFrame]:
+    """The paper's SHIFT tables (fractions; profession, gender, worst_group), for comparison.
+    The paper has no random-ablation row."""
+    return {
+        name: pd.DataFrame.from_dict(
+            {r: [v / 100 for v in rows[r]] for r in ROWS if r in rows},
+            orient="index",
+            columns=["profession", "gender", "worst_group"],
+        )
+        for name, rows in _PAPER.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -118,6 +153,29 @@ class ShiftResult:
             f"ShiftResult({len(self.circuit)} circuit features, {len(self.ablated)} judged "
             f"spurious)\n{self.table.round(3).to_string()}"
         )
+
+    def report_html(self, dashboards: Mapping[str, Dashboard] | None = None) -> str:
+        """The offline HTML report: this table beside the paper's, the settings, and every
+        circuit feature with its judgement (and ``dashboards[node]`` if given)."""
+        return shift_report_html(
+            self.table,
+            self.circuit,
+            settings={k: v for k, v in self.settings.items() if k != "saes"},
+            timings=self.timings,
+            title="SHIFT: " + str(self.settings.get("model", "")),
+            references=paper_tables(),
+            dashboards=dashboards,
+        )
+
+    def save_html(self, path: str | Path, index: FeatureIndex | None = None) -> None:
+        """Write ``report_html`` to ``path``, with dashboards from ``index`` if given."""
+        boards = None
+        if index is not None:
+            boards = {
+                str(n): index.dashboard(str(h), int(i))
+                for n, h, i in zip(self.circuit.node, self.circuit.hook_name, self.circuit.feature)
+            }
+        _write_atomic(Path(path), self.report_html(boards).encode())
 
     def save(self, path: str | Path) -> None:
         """Write the result as JSON (schema ``sfc_plugin.shift``, version 1), atomically."""
@@ -413,6 +471,7 @@ def run_shift(
     )
     if out is not None:
         result.save(Path(out) / "result.json")
+        result.save_html(Path(out) / "report.html", index)
     return result
 
 

@@ -233,7 +233,7 @@ def test_resume_save_load_and_changed_settings(setup, source, result, monkeypatc
         ShiftResult.load(out / "bad.json")
 
 
-def test_describe_features_reads_the_dashboards(setup, result):
+def test_describe_features_and_the_report(setup, result, tmp_path):
     from sfc_plugin.datasets.text import SAMPLE
 
     model, saes = setup
@@ -246,6 +246,14 @@ def test_describe_features_reads_the_dashboards(setup, result):
         assert d.effect == effect
         assert d.promoted == tuple(t.token for t in board.promoted)
         assert len(d.contexts) == min(2, len(board.contexts))
+    page = tmp_path / "report.html"
+    res.save_html(page, index)
+    html = page.read_text()
+    assert html.count("<details") == len(res.circuit)
+    assert html.count("spurious, ablated") == len(res.ablated)
+    assert "Pythia-70M (paper, Table 2)" in html and "CircuitsVis" in html
+    assert f"{100 * res.table.loc['SHIFT', 'profession']:.1f}" in html
+    assert "<script src" not in html and "<link" not in html  # nothing loaded from elsewhere
 
 
 def test_a_failing_judge_names_the_node(setup, source):
