@@ -4,6 +4,7 @@
     sfc circuit --data train.jsonl --test-data test.jsonl --out report.html
     sfc evaluate --circuit circuit.json --data test.jsonl
     sfc demo                                 # make demo: the across-RC circuit report
+    sfc shift                                # SHIFT and its baselines on Bias in Bios
     sfc reproduce                            # regenerates docs/reproduction.md
     sfc corpus --out DIR                     # the offline SAE training corpus
     sfc train --corpus DIR --out RUN         # SAEs at many hooks, resumable
@@ -11,8 +12,9 @@
     sfc quality --saes smollm2-135m-sfc      # variance explained, CE recovered, L0
 
 Each command turns its options into one call of a typed library function (``circuit_report``,
-``circuit_scores``, ``run_demo``, ``reproduce(ReproduceSettings)``, ``build_corpus``,
-``train(TrainConfig)``, ``bundle``, ``sae_quality``) whose parameters have the options' names.
+``circuit_scores``, ``run_demo``, ``run_shift_experiment``, ``reproduce(ReproduceSettings)``,
+``build_corpus``, ``train(TrainConfig)``, ``bundle``, ``sae_quality``) whose parameters have the
+options' names.
 Library modules are imported only when a command runs, so ``--help`` stays instant.
 
 ``--model`` defaults to the embedded SmolLM2-135M and ``--saes`` to its bundled SAEs; any
@@ -42,6 +44,7 @@ _EPILOG = """examples:
   sfc circuit --data train.jsonl --test-data test.jsonl --out report.html --circuit-out c.json
   sfc evaluate --circuit c.json --data test.jsonl --errors remove
   sfc demo --out out/demo                  (what make demo runs)
+  sfc shift --out out/shift --judge lexicon
   sfc reproduce --tasks across_rc --no-approx --out /tmp/repro
   sfc corpus --out /work/corpus --sample sample.jsonl
   sfc train --corpus /work/corpus --out /work/sae_run --tokens 800000 [--resume]
@@ -175,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(evaluate)
 
     _demo_parser(sub)
+    _shift_parser(sub)
     _reproduce_parser(sub)
     _corpus_parser(sub)
     _train_parser(sub)
@@ -211,6 +215,44 @@ def _demo_parser(sub: Any) -> None:
         default=32_768,
         help="text-sample tokens scanned for the feature dashboards (0: none)",
     )
+
+
+def _shift_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "shift",
+        help="SHIFT and its baselines on Bias in Bios (the embedded model by default)",
+        description="Train a profession probe on ambiguous biographies, find its circuit, "
+        "judge its features, ablate the spurious ones, and score every row of the paper's "
+        "table on balanced data; OUT/ keeps each finished stage (the same command resumes), "
+        "OUT/result.json and OUT/report.html (sfc_plugin.experiments.shift."
+        "run_shift_experiment).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default="out/shift", help="output directory")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="load_model name")
+    p.add_argument("--saes", default=DEFAULT_SAES, help="load_saes source")
+    p.add_argument(
+        "--judge",
+        choices=["lexicon", "llm", "marked"],
+        default="lexicon",
+        help="lexicon: offline word lists; llm: an OpenAI-compatible endpoint from "
+        "SFC_JUDGE_BASE_URL/SFC_JUDGE_MODEL/SFC_JUDGE_API_KEY; marked: node ids in --marked",
+    )
+    p.add_argument("--marked", help="file of node ids judged spurious, one per line")
+    p.add_argument("--method", choices=["atp", "ig"], default="atp", help="node effects")
+    p.add_argument("--steps", type=int, default=10, help="IG steps (with --method ig)")
+    p.add_argument("--n-train", type=int, default=600, help="ambiguous training biographies")
+    p.add_argument("--n-oracle", type=int, default=600, help="balanced training biographies")
+    p.add_argument("--n-test", type=int, default=400, help="balanced test biographies")
+    p.add_argument("--n-circuit", type=int, default=64, help="examples per circuit")
+    p.add_argument("--n-features", type=int, default=50, help="features in the probe circuit")
+    p.add_argument(
+        "--dashboard-tokens",
+        type=int,
+        default=32_768,
+        help="text-sample tokens scanned for the dashboards the judge reads (0: none)",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
 
 
 def _reproduce_parser(sub: Any) -> None:
@@ -481,6 +523,12 @@ def _run_demo(args: argparse.Namespace) -> None:
     demo.run_demo(**_options(args))
 
 
+def _run_shift(args: argparse.Namespace) -> None:
+    from sfc_plugin.experiments import shift
+
+    shift.run_shift_experiment(**_options(args))
+
+
 def _run_reproduce(args: argparse.Namespace) -> None:
     from sfc_plugin.experiments import reproduce
 
@@ -573,6 +621,7 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "circuit": _run_circuit,
     "evaluate": _run_evaluate,
     "demo": _run_demo,
+    "shift": _run_shift,
     "reproduce": _run_reproduce,
     "corpus": _run_corpus,
     "train": _run_train,

@@ -77,8 +77,8 @@ def test_errors_are_reported_without_traceback(tiny, capsys):
     assert code == 2 and "row 0" in err and "bad.jsonl" in err
 
 
-COMMANDS = ("data", "circuit", "evaluate", "demo", "reproduce", "corpus", "train", "bundle",
-            "quality")  # fmt: skip
+COMMANDS = ("data", "circuit", "evaluate", "demo", "shift", "reproduce", "corpus", "train",
+            "bundle", "quality")  # fmt: skip
 
 HELP_SCRIPT = """
 import sys, sfc_plugin.cli
@@ -157,6 +157,34 @@ def test_demo_and_reproduce_pass_the_library_defaults(monkeypatch, tmp_path, cap
     assert reproduce.ReproduceSettings().command() == "sfc reproduce"
     with pytest.raises(ValueError, match="approx_task"):
         reproduce.ReproduceSettings(approx_task="nope")
+
+
+def test_shift_passes_the_library_defaults(monkeypatch, tmp_path):
+    from sfc_plugin.experiments import shift
+
+    calls = []
+    expected = _defaults(shift.run_shift_experiment)
+    monkeypatch.setattr(shift, "run_shift_experiment", lambda **options: calls.append(options))
+    assert main(["shift"]) == 0 and calls.pop() == expected
+    argv = ["shift", "--judge", "marked", "--marked", "m.txt", "--method", "ig", "--n-test", "8"]
+    assert main(argv) == 0
+    assert calls.pop() == {**expected, "judge": "marked", "marked": "m.txt", "method": "ig"} | {
+        "n_test": 8
+    }
+    marked = tmp_path / "nodes.txt"
+    marked.write_text(
+        "# spurious\nblocks.2.hook_resid_post/f3  # she\n\nblocks.5.hook_mlp_out/f0\n"
+    )
+    judge = shift.make_judge("marked", marked)
+    from sfc_plugin.shift import FeatureDescription
+
+    def ask(node):
+        hook, feature = node.split("/f")
+        return judge(FeatureDescription(node, hook, int(feature), 1.0))
+
+    assert ask("blocks.2.hook_resid_post/f3")[0] and not ask("blocks.2.hook_resid_post/f4")[0]
+    with pytest.raises(ValueError, match="needs marked="):
+        shift.make_judge("marked")
 
 
 def test_train_passes_a_train_config(monkeypatch, capsys):

@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "evaluation": {"attribution", "circuit", "data", "metrics", "nodes", "sites", "dictionaries"},
     "training": {"dictionaries", "models", "sites", "datasets"},
     "experiments": {
+        "shift",
         "attribution",
         "circuit",
         "data",
