@@ -11,11 +11,15 @@ instead; ablating the spurious (gender) features should recover profession accur
 Three sources give the same columns:
 
 - ``"offline"`` (default): biographies generated here from hand-written templates and name
-  lists (no downloads, no third-party text; see docs/bias_in_bios.md). Profession is carried
-  by content words spread over the text, gender by first names and pronouns.
+  lists (no downloads, no third-party text; see docs/bias_in_bios.md), built like Bias in
+  Bios' ``hard_text``: no sentence naming the occupation, profession shown only by a few
+  content cues amid vocabulary both professions share (nurse educators, health-science
+  professors, clinics and universities on both sides), gender by pronouns and first names in
+  nearly every sentence.
 - ``"hub"``: the real ``LabHC/bias_in_bios`` data set through ``datasets.load_dataset``.
-- a local ``.parquet`` / ``.jsonl`` file (or ``{"train": path, "test": path}``) in the hub
-  schema: ``hard_text``, ``profession`` (professor = 21, nurse = 13), ``gender``.
+- a local ``.parquet`` / ``.jsonl`` file (or ``{"train": path, "validation": path, "test":
+  path}``) in the hub schema: ``hard_text``, ``profession`` (professor = 21, nurse = 13),
+  ``gender``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Literal, get_args
 
 import pandas as pd
 
-Part = Literal["train", "test"]
+Part = Literal["train", "validation", "test"]
 PARTS: tuple[Part, ...] = get_args(Part)
 
 GROUPS: tuple[str, ...] = ("male professor", "female professor", "male nurse", "female nurse")
@@ -49,9 +53,11 @@ HUB_NAME = "LabHC/bias_in_bios"
 HUB_PROFESSIONS = {21: 0, 13: 1}
 """Bias in Bios profession ids kept -> ours (21 = professor -> 0, 13 = nurse -> 1)."""
 HUB_FIELDS = ("hard_text", "profession", "gender")
+HUB_SPLITS: dict[str, str] = {"train": "train", "validation": "dev", "test": "test"}
+"""Our part -> the hub data set's split (its validation split is called "dev")."""
 
-OFFLINE_SIZES: dict[Part, int] = {"train": 2000, "test": 500}
-"""Generated biographies per group and part."""
+OFFLINE_SIZES: dict[Part, int] = {"train": 2000, "validation": 250, "test": 500}
+"""Generated biographies per group and part (disjoint texts)."""
 
 Source = str | Path | Mapping[str, str | Path]
 
@@ -333,13 +339,6 @@ AGENCIES = (
     "the Social Sciences and Humanities Research Council",
     "the Wellcome Trust",
 )
-SOCIETIES = (
-    "American Academy of Arts and Sciences",
-    "Royal Society of Edinburgh",
-    "American Association for the Advancement of Science",
-    "British Academy",
-    "Royal Society of Canada",
-)
 JOURNALS = (
     "Nature",
     "Science",
@@ -470,19 +469,6 @@ CERTIFICATIONS = (
     "trauma nursing",
     "neonatal resuscitation",
 )
-NURSE_AWARDS = (
-    "the DAISY Award",
-    "the hospital's Nurse of the Year award",
-    "a regional award for nursing excellence",
-    "a patient care award",
-)
-NURSE_ASSOCIATIONS = (
-    "American Nurses Association",
-    "Emergency Nurses Association",
-    "Royal College of Nursing",
-    "state nurses association",
-    "Academy of Medical-Surgical Nurses",
-)
 
 HOBBIES = (
     "hiking",
@@ -514,166 +500,376 @@ FAMILY = (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Templates. {slot} is filled per biography; [text] is optional (kept with probability 1/2);
-# <a|b|c> picks one alternative. {S} is the sentence subject (pronoun, first name or title and
-# surname, capitalized), {s} the same in the middle of a sentence, {He}/{he}/{His}/{his}/{him}
-# pronouns, {full} the full name in an opening sentence.
+# Shared and health vocabulary: what makes the two professions overlap (nursing faculty,
+# medical and health-science professors, nurse educators, clinical research)
 
-PROFESSOR_OPENINGS: tuple[str, ...] = (
-    "{full} is <an associate|an assistant|a full|a> professor <of|in the Department of> {field} "
-    "at {univ}[, where {s} <leads|directs|runs> a research group on {topic}].",
-    "{full} <teaches|lectures on> {course} at {univ}[ and is <a member|a fellow> of its "
-    "<institute|center> for {topic}].",
-    "Born in {city}, {first} {last} <joined|moved to> the {field} department at {univ} in {year}"
-    "[ after <a postdoctoral fellowship|two years as a lecturer> at {univ2}].",
-    "Based in {city}, {full} <studies|investigates|researches> {topic}[, with a particular "
-    "interest in {topic2}].",
-    "For more than {years} years, {full} has <studied|been researching|written about> {topic}"
-    "[ at {univ}].",
-    "{full} holds <an endowed chair|a named chair|a research chair> in {field} at {univ}.",
-    "Dr. {first} {last} is <a researcher|a scholar|an academic> in {field} <whose work focuses "
-    "on|who works on> {topic}.",
-    "After earning {his} <PhD|doctorate> in {field} from {univ2}, {first} {last} <joined|took "
-    "up a faculty position at> {univ}[ in {year}].",
-    "{full} has been on the faculty of {univ} <since {year}|for {years} years>[, teaching "
-    "courses in {course}].",
-    "Originally from {city}, {full} is <a|an award-winning|a prominent> {scholar} at {univ}.",
-    "{full}'s research <explores|examines|focuses on> {topic}[, drawing on {method}].",
-    "{full} is <the chair|the head|the director of graduate studies> of the {field} department "
-    "at {univ}.",
-    "<A leading|A well-known|A respected> {scholar}, {full} <teaches|works> at {univ}[ and has "
-    "published widely on {topic}].",
-    "{full} <lectures|teaches> at {univ}, where {s} <supervises|advises> <doctoral|graduate|"
-    "undergraduate> students working on {topic}.",
-    "With more than {n_pub} <published papers|peer-reviewed articles> to {his} name, {full} is one "
-    "of the most cited researchers in {field}[ at {univ}].",
-    "Since {year}, {full} has <taught|held a faculty appointment> at {univ}[ in the {field} "
-    "department].",
-    "{full} <is|works as> <a tenured|a visiting|an emeritus> professor at {univ}.",
-    "At {univ}, {full} <runs|leads> a <laboratory|research group> <that studies|working on> "
-    "{topic}.",
-    "{full} <works|has worked> in the {field} department at {univ}[ for {years} years].",
-    "{full} is <an expert|a specialist> on {topic} and <teaches|lectures> {course} at {univ}.",
+HEALTH_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("nursing", ("health assessment", "nursing research")),
+    ("medicine", ("internal medicine", "clinical reasoning")),
+    ("public health", ("epidemiology", "global health")),
+    ("nutrition", ("nutrition science", "community nutrition")),
+    ("epidemiology", ("biostatistics", "chronic disease epidemiology")),
+    ("kinesiology", ("exercise physiology", "motor control")),
+    ("pharmacology", ("pharmacology", "drug development")),
+    ("health policy", ("health economics", "health policy")),
+    ("clinical psychology", ("abnormal psychology", "psychotherapy")),
+    ("physical therapy", ("rehabilitation science", "anatomy")),
+    ("gerontology", ("aging and health", "research methods")),
 )
-PROFESSOR_BODY: tuple[str, ...] = (
-    "{S} <earned|received|completed> {his} <PhD|doctorate> in {field} at {univ2}[ in {year2}]"
-    "[ and held a postdoctoral fellowship at {univ3}].",
-    "{S} studied {field} as an undergraduate at {univ3} before <completing|finishing> a "
-    "doctorate at {univ2}.",
-    "Before <joining|coming to> {univ}, {s} was <a postdoctoral researcher|a lecturer|a research "
-    "fellow> at {univ2}.",
-    "{His} research <focuses on|examines|explores> {topic}[ and {topic2}].",
-    "{S} has published <more than|over> {n_pub} <articles|papers> in journals such as "
-    "{journal}[ and {journal2}].",
-    "{His} <most recent|latest|first> book, on {topic}, was published by {press}[ in {year2}].",
-    "{S} has received grants from {agency}[ and {agency2}] to support {his} work on {topic}.",
-    "{His} <lab|group|team> <uses|relies on> {method} to <study|understand> {topic}.",
-    "{S} teaches <undergraduate|graduate|introductory> courses <in|on> {course}[ and has won "
-    "the university's teaching award].",
-    "{S} has supervised <more than|over> {n_students} doctoral students, many of whom now hold "
-    "faculty positions.",
-    "{His} lectures on {course} are among the most popular in the department.",
-    "{S} <serves|has served> as <an associate editor|an editor|a regular reviewer> for {journal}.",
-    "{S} <chaired|has chaired> the department for {n_small} years[ and led its graduate program].",
-    "In {year2}, {s} was elected a fellow of the {society}.",
-    "{S} <received|was awarded|won> {prof_award} for {his} <research|work> on {topic}.",
-    "{S} <regularly gives|has given> <invited|keynote> lectures at conferences <in|across> "
-    "<Europe|Asia|North America|South America>.",
-    "{S} is currently on sabbatical, writing a book about {topic}.",
-    "{S} <spent|was> a visiting scholar at {univ3} in {year2}.",
-    "{S} sits on <the faculty senate|the graduate admissions committee|the university's research "
-    "ethics board>.",
-    "<Prior to|Before> {his} academic career, {s} worked <in industry|as a consultant|for a think "
-    "tank> for {n_small} years.",
-    "<Students|Colleagues> know {him} for <demanding seminars|generous mentoring|clear lectures>"
-    "[ and an open door].",
-    "<Together with|With> collaborators at {univ2}, {s} <leads|runs> a project on {topic2}"
-    "[ funded by {agency}].",
+"""Health-science fields of professors: field, courses."""
+HEALTH_TOPICS = (
+    "patient safety",
+    "infection prevention",
+    "pain management",
+    "diabetes care",
+    "heart failure",
+    "maternal health",
+    "healthy aging",
+    "cancer survivorship",
+    "mental health care",
+    "childhood obesity",
+    "chronic disease management",
+    "end-of-life care",
+    "health disparities",
+    "medication adherence",
+    "stroke recovery",
+    "sleep and health",
+    "smoking cessation",
+    "dementia care",
+    "global health",
+    "rural health",
 )
-NURSE_OPENINGS: tuple[str, ...] = (
-    "{full} is a <registered nurse|nurse practitioner|clinical nurse specialist|charge nurse|"
-    "licensed practical nurse> <at|with> {hospital}[ in {city}].",
-    "{full} <works|has worked> in the {unit} at {hospital}[, where {s} cares for {patients}].",
-    "Born in {city}, {first} {last} <joined|started at> {hospital} in {year}[ after <nursing "
-    "school|two years at a clinic>].",
-    "Based in {city}, {full} <specializes|has specialized> in {specialty} nursing[ and "
-    "{care_topic}].",
-    "For more than {years} years, {full} has <cared for|looked after|nursed> {patients}[ at "
-    "{hospital}].",
-    "{full} <leads|manages|supervises> the nursing team <on|in> the {unit} at {hospital}.",
-    "{full}, <RN|BSN, RN|MSN, RN|RN, CCRN>, <works night shifts|works twelve-hour shifts|is a "
-    "staff nurse> <on|in> the {unit} of {hospital}.",
-    "After earning {his} <nursing degree|Bachelor of Science in Nursing|BSN> from {univ2}, {first} "
-    "{last} joined {hospital}[ in {year}].",
-    "{full} has been part of the <nursing staff|care team> at {hospital} since {year}[, mostly on "
-    "the {unit}].",
-    "Originally from {city}, {full} <is|works as> a {specialty} nurse[ at {hospital}].",
-    "{full}'s <work|practice> <focuses on|centers on> {care_topic}[ for {patients}] at {hospital}.",
-    "{full} is the nurse manager of the {unit} at {hospital}.",
-    "<A dedicated|A compassionate|An experienced> {specialty} nurse, {full} <works|practices> at "
-    "{hospital}[ in {city}].",
-    "{full} <works|practices> at {clinic}, where {s} <sees|treats|cares for> {patients}[ every "
-    "day].",
-    "With more than {years} years at the bedside, {full} is one of the most experienced nurses at "
-    "{hospital}.",
-    "Since {year}, {full} has <worked|been working> <in|on> the {unit} at {hospital}[ in {city}].",
-    "{full} <is|works as> a <travel|home health|school|hospice> nurse <based in|in> {city}.",
-    "At {hospital}, {full} <looks after|cares for> {patients} <on|in> the {unit}.",
-    "{full} <works|has worked> <as a nurse|on the wards> at {hospital}[ for {years} years].",
-    "{full} is <an expert|a specialist> in {care_topic} and works <on|in> the {unit} at "
-    "{hospital}.",
+"""Research topics of health-science professors and nurse educators, and clinical interests
+of nurses: the same list on both sides."""
+NURSING_COURSES = (
+    "health assessment",
+    "pharmacology",
+    "community health",
+    "pediatric care",
+    "clinical skills",
+    "research methods",
+    "maternal and child health",
 )
-NURSE_BODY: tuple[str, ...] = (
-    "{S} <earned|received|completed> {his} <BSN|Bachelor of Science in Nursing|nursing degree> at "
-    "{univ2}[ and later a master's degree in nursing from {univ3}].",
-    "{S} <began|started> {his} career as <a nursing assistant|a nurse's aide|a new graduate "
-    "nurse> at {hospital2}.",
-    "Before joining {hospital}, {s} worked for {n_small} years <in|on> the {unit2} at {hospital2}.",
-    "{S} is certified in {cert}[ and {cert2}].",
-    "{S} <works|usually works> <night|day|twelve-hour|weekend> shifts and <looks after|cares for> "
-    "up to {n_pat} patients[ at a time].",
-    "{His} <colleagues|patients> describe {him} as <calm under pressure|patient and kind|a steady "
-    "presence on the ward>.",
-    "{S} <trains|mentors|precepts> <new graduate nurses|nursing students|new staff> on the {unit}.",
-    "On a typical shift {s} <administers medications|monitors vital signs|dresses wounds>, "
-    "<coordinates with physicians|educates families> and <keeps careful charts|updates care "
-    "plans>.",
-    "During the pandemic, {s} <volunteered|was redeployed> to the {unit2}[ at {hospital}].",
-    "{S} <serves|has served> on the hospital's <patient safety|infection control|quality "
-    "improvement> committee.",
-    "{S} <received|was awarded> {nurse_award}[ in {year2}].",
-    "Since {year2}, {s} has volunteered at a free clinic in {city2}, providing <vaccinations|wound "
-    "care|health screenings>.",
-    "{S} is a member of the {nurse_assoc}.",
-    "{His} <main|particular> interest is {care_topic}[ for {patients}].",
-    "{S} helped introduce a new <protocol|program> for {care_topic} on {his} ward.",
-    "{S} <is studying|is enrolled> part-time <to become a nurse practitioner|for a Doctor of "
-    "Nursing Practice> at {univ2}.",
-    "<Patients|Families> on the {unit} <know|remember> {him} for {his} <humor|patience|calm>.",
-    "{S} has worked in <emergency rooms|intensive care units|clinics> in {city2} and {city3}.",
-    "{S} <regularly|often> <picks up|covers> extra shifts <on|in> the {unit}.",
-    "{S} <teaches|leads> <CPR|first aid|basic life support> classes for the community[ on "
-    "weekends].",
-    "{S} spent {n_small} years as a <travel nurse|military nurse|home health nurse> before "
-    "settling in {city}.",
-    "<Working|Together> with doctors and pharmacists, {s} <plans|reviews> the care of each patient"
-    "[ on the {unit}].",
+SETTINGS = (
+    "emergency medicine",
+    "home health",
+    "long-term care",
+    "pediatrics",
+    "oncology",
+    "intensive care",
+    "labor and delivery",
+    "community health",
+    "mental health",
 )
-NEUTRAL_BODY: tuple[str, ...] = (
+KIDS = ("two children", "three children", "a daughter", "a son", "twin boys", "two grown daughters")
+
+# ---------------------------------------------------------------------------------------------
+# Templates. {slot} is filled per biography; [text] is optional (kept with probability 1/2);
+# <a|b|c> picks one alternative. {S} is the sentence subject (pronoun, first name, honorific
+# and surname, or full name; capitalized), {s} the same in the middle of a sentence,
+# {He}/{he}/{His}/{his}/{him} pronouns. Persona slots (degree, workplace, interests, ...) are
+# themselves templates from PERSONAS, expanded once per biography.
+#
+# There is no opening sentence naming the occupation: Bias in Bios' ``hard_text`` is the
+# biography with that first sentence removed.
+
+SHARED_BODY: tuple[str, ...] = (
+    "{S} <earned|received|completed> {degree} <from|at> {univ2}[ in {year2}].",
+    "{S} graduated from {univ2}[ with honors][ in {year2}].",
+    "{S} holds {degree} from {univ2}[ and {degree2} from {univ3}].",
+    "{S} has <more than|over|nearly> {years} years of experience in {exp_area}.",
+    "{S} <joined|came to> {workplace} in {year}[ after {n_small} years at {workplace2}].",
+    "{S} has <worked|been> at {workplace} <since {year}|for {years} years>.",
+    "Before joining {workplace}, {s} <worked|spent {n_small} years> at {workplace2}.",
+    "{His} {interests} include {topic} and {topic2}.",
+    "{S} is <particularly|especially> interested in {topic}.",
+    "{S} is a member of the {assoc}[ and the {assoc2}].",
+    "{S} <received|was awarded|won> {award}[ in {year2}].",
+    "{S} has <spoken|given talks|presented {his} work> on {topic} at <national|international|"
+    "regional> conferences.",
+    "{S} serves on the {committee}[ at {workplace}].",
+    "{S} enjoys working with {people}.",
+    "{S} <mentors|supervises|trains> {trainees}[ at {workplace}].",
+    "{S} teaches {teaching}.",
+)
+"""Sentences of every persona; the slots they fill differ, partly, by persona."""
+PERSONAL_BODY: tuple[str, ...] = (
+    "{S} lives in {city} with {his} {spouse}[ and {family}].",
+    "{S} and {his} {spouse} have {kids}.",
+    "{S} is <a proud|the> {parent} of {kids}.",
     "Outside of work, {s} enjoys {hobby}[ and {hobby2}].",
-    "{S} lives in {city} with {his} <partner|spouse>[ and {family}].",
-    "{S} <speaks|is fluent in> {lang}[ and {lang2}].",
-    "On weekends, {s} can often be found {hobby}[ with friends].",
-    "{S} grew up in {city2}[ and still visits family there often].",
-    "{S} and {his} <partner|spouse> have {family}.",
-    "{S} has <run|completed> {n_small} marathons.",
-    "{S} is <originally from|a native of> {city2}.",
-    "In {his} spare time, {s} <volunteers at a local food bank|coaches a youth soccer team|sings "
-    "in a community choir>.",
-    "<When not at work|In the evenings>, {s} <likes|loves> {hobby}.",
-    "{S} <has traveled widely|loves to travel> and <has visited|hopes to visit> every continent.",
-    "{S} <enjoys|likes> spending time with {his} family[ in {city2}].",
+    "In {his} <free|spare> time, {s} enjoys {hobby}[ and spending time with {his} family].",
+    "{S} <grew up|was born and raised> in {city2}.",
+    "{S} speaks {lang}[ and {lang2}].",
+    "{S} volunteers <at a local food bank|with a youth soccer league|at {his} church|at an "
+    "animal shelter>.",
+    "{S} and {his} {spouse} enjoy {hobby} and travel.",
 )
+"""Personal sentences (family, hobbies, home town, languages): no profession."""
+PROFESSOR_TITLE: tuple[str, ...] = (
+    "{S} has been a professor[ at {workplace}] <since {year}|for {years} years>.",
+    "{S} became a full professor in {year}.",
+    "Before becoming a professor, {s} worked <in industry|as a consultant|in private practice>.",
+    "{S} was named professor of the year by {his} students[ in {year2}].",
+)
+NURSE_TITLE: tuple[str, ...] = (
+    "{S} has been a nurse <since {year}|for {years} years>.",
+    "{S} knew from an early age that {he} wanted to be a nurse.",
+    "{S} <worked|has worked> as a <travel|school|hospice|home health|charge> nurse[ in {city}].",
+    "{S} <began|started> {his} career as a nurse <at|in> {hospital2}.",
+)
+"""Rare sentences that do name the occupation (Bias in Bios bios restate it now and then)."""
+
+PERSONAS: dict[str, dict] = {
+    "academic": dict(
+        profession=0,
+        weight=0.75,
+        degree=(
+            "a PhD in {field}",
+            "a doctorate in {field}",
+            "a master's degree in {field}",
+            "a bachelor's degree in {field}",
+            "a PhD",
+        ),
+        exp_area=("teaching and research", "higher education", "{field} research", "{topic}"),
+        workplace=("{univ}",),
+        workplace2=("{univ3}",),
+        interests=("research interests", "interests"),
+        assoc=(
+            "American Association for the Advancement of Science",
+            "Royal Society of Canada",
+            "British Academy",
+            "Royal Society of Edinburgh",
+            "American Academy of Arts and Sciences",
+        ),
+        award=PROFESSOR_AWARDS,
+        committee=(
+            "faculty senate",
+            "graduate admissions committee",
+            "curriculum committee",
+            "research ethics board",
+        ),
+        trainees=("graduate students", "doctoral students", "undergraduate researchers"),
+        people=("students", "students and colleagues"),
+        teaching=(
+            "<undergraduate|graduate|introductory> courses in {course}",
+            "{course}[ and {course2}]",
+        ),
+        role=(
+            "{His} research <focuses on|examines|explores> {topic}[ and {topic2}].",
+            "{S} has published <widely|extensively|more than {n_pub} articles> on {topic}.",
+            "{His} <most recent|latest|first> book, on {topic}, was published by {press}"
+            "[ in {year2}].",
+            "{His} work has been <funded|supported> by {agency}[ and {agency2}].",
+            "{S} <spent a year as|was> a visiting scholar at {univ3}[ in {year2}].",
+            "{His} <lab|group|team> uses {method} to study {topic}.",
+            "{S} <serves|has served> as <an editor|an associate editor|a reviewer> for {journal}.",
+        ),
+    ),
+    "health professor": dict(
+        profession=0,
+        weight=0.25,
+        degree=(
+            "a PhD in {field}",
+            "an MD",
+            "a master's degree in public health",
+            "a doctorate in {field}",
+            "a bachelor's degree in biology",
+            "a PhD",
+        ),
+        exp_area=(
+            "clinical research",
+            "health care",
+            "{field}",
+            "teaching and research",
+            "{topic}",
+        ),
+        workplace=("{univ}",),
+        workplace2=("{univ3}", "{hospital}"),
+        interests=("research interests", "interests", "clinical interests"),
+        assoc=(
+            "American Public Health Association",
+            "American Heart Association",
+            "Gerontological Society of America",
+            "American Association for the Advancement of Science",
+            "Academy of Nutrition and Dietetics",
+        ),
+        award=(
+            "a young investigator award",
+            "a research award from the National Institutes of Health",
+            "the university's teaching award",
+            "a best paper award",
+        ),
+        committee=(
+            "curriculum committee",
+            "research ethics board",
+            "faculty senate",
+            "patient safety committee",
+        ),
+        trainees=("medical students and residents", "graduate students", "doctoral students"),
+        people=("students", "patients and students", "students and colleagues"),
+        teaching=(
+            "{course}[ and {course2}]",
+            "<graduate|undergraduate> courses in {course}",
+            "medical students and residents",
+        ),
+        role=(
+            "{His} research <focuses on|examines|explores> {topic}[ and {topic2}].",
+            "{S} has published <widely|extensively|more than {n_pub} articles> on {topic}.",
+            "{His} work has been <funded|supported> by {agency}[ and {agency2}].",
+            "{S} <also sees patients|sees patients|practices> at {hospital}.",
+            "{S} leads <a clinical trial|several studies|a large study> on {topic}[ funded by "
+            "{agency}].",
+            "{S} <serves|has served> as <an editor|an associate editor|a reviewer> for {journal}.",
+        ),
+    ),
+    "hospital nurse": dict(
+        profession=1,
+        weight=0.55,
+        degree=(
+            "a bachelor's degree in nursing",
+            "an associate degree in nursing",
+            "a bachelor's degree in biology",
+            "a bachelor's degree",
+            "an associate degree",
+        ),
+        exp_area=("{specialty} care", "patient care", "health care", "{topic}"),
+        workplace=("{hospital}",),
+        workplace2=("{hospital2}",),
+        interests=("interests", "clinical interests", "professional interests"),
+        assoc=(
+            "American Nurses Association",
+            "Oncology Nursing Society",
+            "American Heart Association",
+            "Gerontological Society of America",
+            "American Red Cross",
+        ),
+        award=(
+            "the DAISY Award",
+            "the hospital's <employee|caregiver> of the year award",
+            "a patient care award",
+            "a regional award for clinical excellence",
+        ),
+        committee=(
+            "patient safety committee",
+            "infection control committee",
+            "quality improvement committee",
+            "ethics committee",
+        ),
+        trainees=("new staff", "nursing students", "new hires on the {unit}"),
+        people=("patients and their families", "{patients}"),
+        teaching=(
+            "CPR classes[ for the community]",
+            "childbirth classes[ at {hospital}]",
+            "classes on {care_topic} for patients",
+            "first aid[ on weekends]",
+        ),
+        role=(
+            "{S} <cares for|looks after|works with> {patients}[ on the {unit}].",
+            "{S} <works|usually works> <night|day|weekend|twelve-hour> shifts[ <on|in> the "
+            "{unit}].",
+            "{S} is certified in {cert}[ and {cert2}].",
+            "{S} has worked in {setting} and {setting2}.",
+            "{S} <teaches|educates> patients and families about {care_topic}.",
+            "{S} is affiliated with {hospital}[ and {hospital2}].",
+            "{S} has spent most of {his} career <on|in> the {unit}[ at {hospital}].",
+        ),
+    ),
+    "nurse practitioner": dict(
+        profession=1,
+        weight=0.35,
+        degree=(
+            "a master's degree in nursing",
+            "an MSN",
+            "a Doctor of Nursing Practice degree",
+            "a master's degree",
+            "a bachelor's degree in biology",
+        ),
+        exp_area=("primary care", "health care", "family medicine", "{topic}"),
+        workplace=("{clinic}",),
+        workplace2=("{hospital}",),
+        interests=("clinical interests", "interests", "special interests"),
+        assoc=(
+            "American Association of Nurse Practitioners",
+            "American Public Health Association",
+            "American Heart Association",
+            "American Diabetes Association",
+        ),
+        award=(
+            "a patient care award",
+            "a regional award for clinical excellence",
+            "a community service award",
+        ),
+        committee=("quality improvement committee", "ethics committee", "patient safety committee"),
+        trainees=("nursing students", "medical assistants", "new staff"),
+        people=("patients of all ages", "patients and their families", "{patients}"),
+        teaching=(
+            "classes on {care_topic}[ for patients]",
+            "health education classes[ in {city}]",
+            "students in the clinic",
+        ),
+        role=(
+            "{S} sees patients of all ages[ at {workplace}].",
+            "{S} provides <primary care|preventive care|women's health care|care for chronic "
+            "conditions>[ in {city}].",
+            "{S} is affiliated with {hospital}[ and {hospital2}].",
+            "{S} is board certified in <family practice|adult health|women's health|pediatrics>.",
+            "{S} accepts <most major insurance plans|Medicare and most insurance plans>.",
+            "{S} works closely with <physicians|doctors and specialists> to <manage|treat> "
+            "{topic}.",
+        ),
+    ),
+    "nurse educator": dict(
+        profession=1,
+        weight=0.1,
+        degree=(
+            "a PhD in nursing",
+            "a master's degree in nursing",
+            "a doctorate in public health",
+            "a PhD",
+            "a master's degree",
+        ),
+        exp_area=("nursing education", "health care", "teaching and research", "{specialty} care"),
+        workplace=("{univ}", "the school of nursing at {univ}"),
+        workplace2=("{hospital}",),
+        interests=("research interests", "interests"),
+        assoc=(
+            "Sigma Theta Tau International honor society",
+            "American Public Health Association",
+            "Gerontological Society of America",
+            "American Nurses Association",
+        ),
+        award=(
+            "the university's teaching award",
+            "a research award from a national society",
+            "a community service award",
+        ),
+        committee=(
+            "curriculum committee",
+            "faculty senate",
+            "research ethics board",
+            "patient safety committee",
+        ),
+        trainees=("nursing students", "graduate students", "new faculty"),
+        people=("students", "patients and students"),
+        teaching=(
+            "{course}[ and {course2}]",
+            "<undergraduate|graduate> courses in {course}",
+            "students in the clinic",
+        ),
+        role=(
+            "{His} research <focuses on|examines|explores> {topic}[ and {topic2}].",
+            "{S} has published <articles|several articles|papers> on {topic}[ in {journal}].",
+            "{S} <teaches|coordinates> <clinical|simulation> courses[ at {workplace}].",
+            "{S} still <works|picks up shifts> <in|on> the {unit} at {hospital}[ on weekends].",
+            "{S} worked for {years} years in {setting} before moving into teaching.",
+            "{His} work has been <funded|supported> by {agency}.",
+        ),
+    ),
+}
+"""Kinds of professor and nurse: ``profession``, ``weight`` (share within the profession) and
+the persona's slot templates and role sentences (the ones that lean to a profession)."""
+
 
 _TOKEN = re.compile(r"\{(\w+)\}|\[|\]|<|>|\|")
 
@@ -734,22 +930,25 @@ def _expand(tree, fill, rng: random.Random) -> str:
 _ARTICLE = re.compile(r"\b([Aa]) (?=[aeiouAEIOU](?!ni|se|u))")
 
 
+def _pick(rng: random.Random, options: tuple[str, ...], k: int = 1) -> list[str]:
+    """``k`` distinct options, or all of them repeated when there are fewer than ``k``."""
+    return rng.sample(options, k) if len(options) >= k else [*options, *options][:k]
+
+
 def _bio(rng: random.Random, female: bool, nurse: bool) -> str:
-    """One biography (2-5 sentences, 40-120 words)."""
+    """One biography in the manner of Bias in Bios' ``hard_text``: no occupation sentence,
+    3-8 sentences (role, shared, personal and rarely a title sentence), 30-110 words."""
+    names = [p for p, spec in PERSONAS.items() if spec["profession"] == int(nurse)]
+    persona = PERSONAS[rng.choices(names, weights=[PERSONAS[p]["weight"] for p in names])[0]]
     first = rng.choice(FEMALE_NAMES if female else MALE_NAMES)
     last = rng.choice(SURNAMES)
     he, his, him = ("she", "her", "her") if female else ("he", "his", "him")
     univ, univ2, univ3 = rng.sample(UNIVERSITIES, 3)
-    city, city2, city3 = rng.sample(CITIES, 3)
-    field, scholar, topics, courses, methods = rng.choice(FIELDS)
-    topic, topic2 = rng.sample(topics, 2)
+    city, city2 = rng.sample(CITIES, 2)
     specialty, unit, patients, care = rng.choice(SPECIALTIES)
-    unit2 = rng.choice([s[1] for s in SPECIALTIES if s[1] != unit])
     hospital, hospital2 = rng.sample(HOSPITALS, 2)
-    year = rng.randint(1995, 2021)
     values = {
         "first": first,
-        "last": last,
         "he": he,
         "his": his,
         "him": him,
@@ -760,91 +959,111 @@ def _bio(rng: random.Random, female: bool, nurse: bool) -> str:
         "univ3": univ3,
         "city": city,
         "city2": city2,
-        "city3": city3,
-        "field": field,
-        "scholar": scholar,
-        "topic": topic,
-        "topic2": topic2,
-        "course": rng.choice(courses),
-        "method": rng.choice(methods),
         "specialty": specialty,
         "unit": unit,
-        "unit2": unit2,
         "patients": patients,
         "hospital": hospital,
         "hospital2": hospital2,
         "clinic": rng.choice(CLINICS),
         "care_topic": rng.choice(care if rng.random() < 0.6 else CARE_TOPICS),
-        "year": str(year),
-        "year2": str(rng.randint(1990, 2022)),
+        "year": str(rng.randint(1995, 2021)),
+        "year2": str(rng.randint(1985, 2022)),
         "years": str(rng.randint(3, 30)),
         "n_small": rng.choice(["two", "three", "four", "five", "six", "seven"]),
         "n_pub": str(rng.choice([20, 30, 40, 50, 60, 80, 100, 120, 150, 200])),
-        "n_students": str(rng.randint(5, 40)),
-        "n_pat": rng.choice(["two", "three", "four", "five", "six", "eight"]),
-        "prof_award": rng.choice(PROFESSOR_AWARDS),
-        "nurse_award": rng.choice(NURSE_AWARDS),
-        "nurse_assoc": rng.choice(NURSE_ASSOCIATIONS),
-        "society": rng.choice(SOCIETIES),
         "press": rng.choice(PRESSES),
+        "journal": rng.choice(JOURNALS),
+        "kids": rng.choice(KIDS),
+        "family": rng.choice(FAMILY),
+        "parent": "mother" if female else "father",
     }
     for key, pool in [
-        ("journal", JOURNALS),
         ("agency", AGENCIES),
         ("cert", CERTIFICATIONS),
         ("hobby", HOBBIES),
         ("lang", LANGUAGES),
+        ("setting", SETTINGS),
     ]:
         values[key], values[key + "2"] = rng.sample(pool, 2)
-    values["family"] = rng.choice(FAMILY)
-    titles = ["Ms." if female else "Mr.", ""] if nurse else ["Dr.", "Professor"]
+    r = rng.random()
+    spouses = ("husband", "wife") if female else ("wife", "husband")
+    values["spouse"] = spouses[0] if r < 0.85 else "partner" if r < 0.95 else spouses[1]
+    if persona is PERSONAS["academic"]:
+        field, _, topics, courses, methods = rng.choice(FIELDS)
+        values["method"] = rng.choice(methods)
+    elif persona["profession"] == 0:
+        field, courses = rng.choice(HEALTH_FIELDS)
+        topics = HEALTH_TOPICS
+    else:
+        field, courses = "nursing", NURSING_COURSES
+        topics = HEALTH_TOPICS if rng.random() < 0.6 else (*care, *CARE_TOPICS)
+    values["field"] = field
+    values["topic"], values["topic2"] = rng.sample(topics, 2)
+    values["course"], values["course2"] = _pick(rng, courses, 2)
 
     def fill(name: str) -> str:
-        if name == "full":
-            if not nurse and rng.random() < 0.2:
-                return f"Dr. {first} {last}"
-            return f"{first} {last}"
         if name in ("S", "s"):
-            r = rng.random()
-            if r < 0.6:
-                return he.capitalize() if name == "S" else he
-            if r < 0.8:
-                return first
-            return f"{rng.choice(titles)} {last}".strip()
+            return subject(name == "S")
+        if name not in values:  # a persona slot: expanded once, when first used
+            slot = name if name in persona else name.removesuffix("2")
+            a, b = _pick(rng, persona[slot], 2)
+            values[slot] = _expand(_parse(a), fill, rng)
+            if slot + "2" not in persona:  # e.g. workplace2 is a slot of its own
+                values[slot + "2"] = _expand(_parse(b), fill, rng)
         return values[name]
 
-    openings, body = (NURSE_OPENINGS, NURSE_BODY) if nurse else (PROFESSOR_OPENINGS, PROFESSOR_BODY)
+    if not nurse:  # one honorific per biography
+        honorific = "Professor" if rng.random() < 0.05 else "Dr."
+    elif persona is not PERSONAS["hospital nurse"] and rng.random() < 0.5:
+        honorific = "Dr."
+    else:
+        honorific = ("Ms." if rng.random() < 0.7 else "Mrs.") if female else "Mr."
+
+    def subject(capital: bool) -> str:
+        r = rng.random()
+        if r < 0.65:
+            return he.capitalize() if capital else he
+        if r < 0.80:
+            return first
+        if r < 0.92:
+            return f"{honorific} {last}"
+        return f"{first} {last}"
+
     while True:
-        k = rng.choices([2, 3, 4, 5], weights=[2, 4, 4, 3])[0]
-        n_neutral = sum(rng.random() < 0.25 for _ in range(k - 1))
-        chosen = rng.sample(body, k - 1 - n_neutral)
-        neutral = rng.sample(NEUTRAL_BODY, n_neutral)
-        rest = chosen + neutral if rng.random() < 0.7 else rng.sample(chosen + neutral, k - 1)
-        sentences = [_expand(_parse(t), fill, rng) for t in [rng.choice(openings), *rest]]
-        while sum(len(x.split()) for x in sentences) < 40 and len(sentences) < 5:
-            extra = rng.choice([t for t in body if t not in chosen])
-            chosen.append(extra)
-            sentences.insert(rng.randint(1, len(sentences)), _expand(_parse(extra), fill, rng))
-        text = _ARTICLE.sub(r"\1n ", " ".join(sentences))
-        if 40 <= len(text.split()) <= 120:
+        k = rng.choices([3, 4, 5, 6, 7, 8], weights=[1, 2, 4, 4, 3, 1])[0]
+        n_role = min(rng.choices([1, 2, 3], weights=[8, 9, 3])[0], k - 1)
+        n_personal = min(rng.choices([0, 1, 2], weights=[5, 9, 6])[0], k - n_role - 1)
+        work = _pick(rng, persona["role"], n_role)
+        work += rng.sample(SHARED_BODY, k - n_role - n_personal)
+        if rng.random() < 0.04:
+            work[-1] = rng.choice(NURSE_TITLE if nurse else PROFESSOR_TITLE)
+        rng.shuffle(work)
+        chosen = work + rng.sample(PERSONAL_BODY, n_personal)
+        if rng.random() < 0.2:
+            rng.shuffle(chosen)
+        text = _ARTICLE.sub(r"\1n ", " ".join(_expand(_parse(t), fill, rng) for t in chosen))
+        if 30 <= len(text.split()) <= 110:
             return text
 
 
 @functools.cache
 def _offline_group(group: str) -> tuple[str, ...]:
-    """All distinct generated bios of one group: train first, then test."""
+    """All distinct generated bios of one group: train first, then test, then validation."""
     gender, profession = group.split()
-    rng = random.Random(f"sfc_plugin.bias_in_bios/{group}/v1")
-    total = OFFLINE_SIZES["train"] + OFFLINE_SIZES["test"]
+    rng = random.Random(f"sfc_plugin.bias_in_bios/{group}/v2")
+    total = sum(OFFLINE_SIZES.values())
     seen: dict[str, None] = {}
     while len(seen) < total:
         seen.setdefault(_bio(rng, gender == "female", profession == "nurse"))
     return tuple(seen)
 
 
+_GENERATION_ORDER: tuple[Part, ...] = ("train", "test", "validation")
+
+
 def _offline(part: Part) -> pd.DataFrame:
     rows = []
-    start = 0 if part == "train" else OFFLINE_SIZES["train"]
+    start = sum(OFFLINE_SIZES[p] for p in _GENERATION_ORDER[: _GENERATION_ORDER.index(part)])
     for group in GROUPS:
         gender, profession = group.split()
         texts = _offline_group(group)[start : start + OFFLINE_SIZES[part]]
@@ -907,7 +1126,7 @@ def _path(source: str | Path) -> Path:
     if path.suffix not in (".parquet", ".jsonl"):
         raise ValueError(
             f"unknown source {str(source)!r}: choose one of {SOURCES}, a .parquet or .jsonl "
-            'path, or {"train": path, "test": path}'
+            'path, or {"train": path, "validation": path, "test": path}'
         )
     return path
 
@@ -918,7 +1137,7 @@ def _load(source: Source, part: Part) -> pd.DataFrame:
     if isinstance(source, str) and source == "hub":
         import datasets  # lazy: only this source needs it (and the network)
 
-        hub = datasets.load_dataset(HUB_NAME, split=part)
+        hub = datasets.load_dataset(HUB_NAME, split=HUB_SPLITS[part])
         records = hub.to_pandas().to_dict("records")  # type: ignore[union-attr]
         return _from_hub_schema(records, f"{HUB_NAME}:{part}")
     if isinstance(source, Mapping):
@@ -951,12 +1170,13 @@ def bias_in_bios(
     - ``split``: ``"ambiguous"`` (male professors and female nurses: profession == gender),
       ``"balanced"`` (all four groups) or one group name (``"female professor"``, ...). The
       groups of a split are truncated to equal counts and the rows shuffled with ``seed``.
-    - ``part``: ``"train"`` or ``"test"`` (disjoint texts).
-    - ``source``: ``"offline"`` (generated here: 2,000 bios per group in train, 500 in test;
-      the texts do not depend on ``seed``, which only subsamples and shuffles), ``"hub"``
-      (``LabHC/bias_in_bios`` via ``datasets``; needs the network), a ``.parquet``/``.jsonl``
-      path in the hub schema (used for whichever ``part`` is asked) or ``{"train": path,
-      "test": path}``.
+    - ``part``: ``"train"``, ``"validation"`` (for design choices and tuning) or ``"test"``
+      (disjoint texts).
+    - ``source``: ``"offline"`` (generated here: 2,000 bios per group in train, 250 in
+      validation, 500 in test; the texts do not depend on ``seed``, which only subsamples and
+      shuffles), ``"hub"`` (``LabHC/bias_in_bios`` via ``datasets``, validation = its "dev"
+      split; needs the network), a ``.parquet``/``.jsonl`` path in the hub schema (used for
+      whichever ``part`` is asked) or a dict from parts to such paths.
     - ``n``: at most this many rows, rounded down to a multiple of the number of groups.
     """
     if split not in SPLITS:

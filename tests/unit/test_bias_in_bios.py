@@ -1,6 +1,7 @@
 """The Bias in Bios data for SHIFT: splits, balance, determinism, the generated biographies'
-content (profession from content words, gender from names and pronouns, no single template
-slot giving either away) and reading local files in the hub schema."""
+content (no occupation sentence; profession from content words, gender from names and
+pronouns, no single template slot giving either away) and reading local files in the hub
+schema."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sfc_plugin.datasets import bias_in_bios
 bib = importlib.import_module("sfc_plugin.datasets.bias_in_bios")  # the module, not the function
 
 PRONOUNS = re.compile(r"\b(he|she|his|her|him)\b", re.IGNORECASE)
-ABBREVIATIONS = re.compile(r"\b(Dr|Mr|Ms|St)\.")
+ABBREVIATIONS = re.compile(r"\b(Dr|Mr|Mrs|Ms|St)\.")
 
 
 @pytest.fixture(scope="module", name="train")
@@ -32,16 +33,21 @@ def _test():
     return bias_in_bios("balanced", "test")
 
 
+@pytest.fixture(scope="module", name="validation")
+def _validation():
+    return bias_in_bios("balanced", "validation")
+
+
 def sentences(text: str) -> list[str]:
     return re.split(r"(?<=\.) (?=[A-Z])", ABBREVIATIONS.sub(r"\1", text))
 
 
-def test_columns_sizes_and_exact_balance(train, test):
+def test_columns_sizes_and_exact_balance(train, validation, test):
     assert sfc.datasets.bias_in_bios is bias_in_bios
     assert list(train.columns) == ["text", "profession", "gender", "group"]
     assert train["profession"].dtype == "int64" and train["gender"].dtype == "int64"
     assert list(train.index) == list(range(len(train)))
-    for frame, size in [(train, 2000), (test, 500)]:
+    for frame, size in [(train, 2000), (validation, 250), (test, 500)]:
         counts = frame["group"].value_counts().to_dict()
         assert counts == dict.fromkeys(bib.GROUPS, size)
         expected = [
@@ -54,8 +60,10 @@ def test_columns_sizes_and_exact_balance(train, test):
     assert train["group"].iloc[:100].nunique() == 4
 
 
-def test_train_and_test_texts_are_disjoint(train, test):
+def test_train_validation_and_test_texts_are_disjoint(train, validation, test):
     assert not set(train["text"]) & set(test["text"])
+    assert not set(train["text"]) & set(validation["text"])
+    assert not set(validation["text"]) & set(test["text"])
 
 
 def test_deterministic_and_seed_only_reorders(train):
@@ -99,22 +107,27 @@ def test_n_rounds_down_keeping_balance():
 def test_bad_names_list_the_choices():
     with pytest.raises(ValueError, match="unknown split 'nurses'.*ambiguous.*balanced"):
         bias_in_bios("nurses")
-    with pytest.raises(ValueError, match="unknown part 'dev'.*train.*test"):
+    with pytest.raises(ValueError, match="unknown part 'dev'.*train.*validation.*test"):
         bias_in_bios("balanced", "dev")
     with pytest.raises(ValueError, match="unknown source 'hbu'.*offline.*hub"):
         bias_in_bios("balanced", source="hbu")
 
 
 # ---------------------------------------------------------------------------------------------
-# Content of the generated biographies
+# Content of the generated biographies (scored on the validation part, never on test)
+
+TITLE_WORDS = re.compile(r"\b(?:professors?|nurses?)\b", re.IGNORECASE)
 
 
-def test_bios_are_one_paragraph_of_2_to_5_sentences_of_40_to_120_words(train, test):
-    for text in pd.concat([train, test])["text"]:
-        assert 40 <= len(text.split()) <= 120, text
-        assert 2 <= len(sentences(text)) <= 5, text
+def test_bios_are_one_paragraph_of_3_to_8_sentences_of_30_to_110_words(train, validation):
+    words = []
+    for text in pd.concat([train, validation])["text"]:
+        words.append(len(text.split()))
+        assert 30 <= words[-1] <= 110, text
+        assert 3 <= len(sentences(text)) <= 8, text
         assert "\n" not in text and "  " not in text and "{" not in text and "<" not in text
         assert not re.search(r"\ba [aeio]", text), text  # article agreement
+    assert 50 <= sum(words) / len(words) <= 65
 
 
 def _naive_bayes_accuracy(train_texts, train_y, test_texts, test_y) -> float:
@@ -149,48 +162,71 @@ def _without(texts, words):
     return [" ".join(w for w in t.split() if w.lower().strip(",.'s") not in words) for t in texts]
 
 
-def test_bag_of_words_recovers_profession_and_gender(train, test):
+def test_bag_of_words_recovers_profession_and_gender(train, validation):
     acc = _naive_bayes_accuracy(
-        train["text"], train["profession"], test["text"], test["profession"]
+        train["text"], train["profession"], validation["text"], validation["profession"]
     )
-    assert acc > 0.95
-    # ... also without the words "professor" and "nurse": content is spread over the text
+    assert acc > 0.9
+    # ... also without the words professor/nurse/nursing: it is the content that tells
     acc = _naive_bayes_accuracy(
         _without(train["text"], PROFESSION_WORDS),
         train["profession"],
-        _without(test["text"], PROFESSION_WORDS),
-        test["profession"],
+        _without(validation["text"], PROFESSION_WORDS),
+        validation["profession"],
+    )
+    assert acc > 0.9
+    acc = _naive_bayes_accuracy(
+        train["text"], train["gender"], validation["text"], validation["gender"]
     )
     assert acc > 0.95
-    assert (
-        _naive_bayes_accuracy(train["text"], train["gender"], test["text"], test["gender"]) > 0.95
-    )
 
 
-def test_first_three_words_do_not_separate_profession(train, test):
+def test_first_three_words_do_not_separate_profession(train, validation):
     def head(texts):
         return [" ".join(t.split()[:3]) for t in texts]
 
     acc = _naive_bayes_accuracy(
-        head(train["text"]), train["profession"], head(test["text"]), test["profession"]
+        head(train["text"]), train["profession"], head(validation["text"]), validation["profession"]
     )
     assert acc < 0.85
 
 
-@pytest.mark.parametrize("label", ["profession", "gender"])
-def test_no_word_position_is_a_perfect_predictor(train, test, label):
-    """For each of the first 20 word positions: predict the label by the majority label of the
-    word seen there in train; never (near) perfect on test."""
-    train_words = [t.split() for t in train["text"]]
-    test_words = [t.split() for t in test["text"]]
-    for pos in range(20):
-        table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        for words, y in zip(train_words, train[label]):
+def _position_accuracy(train, validation, label: str, pos: int) -> float:
+    """Predict ``label`` by the majority label, in train, of the word at position ``pos``;
+    accuracy on validation."""
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for text, y in zip(train["text"], train[label]):
+        words = text.split()
+        if pos < len(words):
             table[words[pos]][y] += 1
-        hits = 0
-        for words, y in zip(test_words, test[label]):
-            hits += words[pos] in table and table[words[pos]].most_common(1)[0][0] == y
-        assert hits / len(test) < 0.9, (label, pos)
+    hits = 0
+    for text, y in zip(validation["text"], validation[label]):
+        words = text.split()
+        if pos < len(words) and words[pos] in table:
+            hits += table[words[pos]].most_common(1)[0][0] == y
+    return hits / len(validation)
+
+
+def test_no_word_position_predicts_profession(train, validation):
+    for pos in range(20):
+        assert _position_accuracy(train, validation, "profession", pos) < 0.8, pos
+
+
+def test_gender_is_not_in_one_slot_alone(train, validation):
+    """The first word is usually the subject (He/She or a first name), as in real third-person
+    bios, so it tells gender; no other position does, and without the first word gender is
+    still fully recoverable (pronouns and names run through the text)."""
+    assert _position_accuracy(train, validation, "gender", 0) > 0.8
+    for pos in range(1, 20):
+        assert _position_accuracy(train, validation, "gender", pos) < 0.7, pos
+
+    def tail(texts):
+        return [t.split(" ", 1)[1] for t in texts]
+
+    acc = _naive_bayes_accuracy(
+        tail(train["text"]), train["gender"], tail(validation["text"]), validation["gender"]
+    )
+    assert acc > 0.95
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -212,37 +248,63 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile("".join(out) + "$")
 
 
-def test_many_opening_templates_in_use_and_many_sentences_name_no_profession(train):
-    for profession, openings in [(0, bib.PROFESSOR_OPENINGS), (1, bib.NURSE_OPENINGS)]:
-        patterns = [_template_regex(t) for t in openings]
-        used = collections.Counter()
+def _kinds():
+    """Template kind -> regexes: shared, personal, title, and each persona's role sentences."""
+    kinds = {
+        "shared": bib.SHARED_BODY,
+        "personal": bib.PERSONAL_BODY,
+        "title": bib.PROFESSOR_TITLE + bib.NURSE_TITLE,
+        **{name: spec["role"] for name, spec in bib.PERSONAS.items()},
+    }
+    return {kind: [_template_regex(t) for t in templates] for kind, templates in kinds.items()}
+
+
+def test_no_occupation_sentence_and_most_sentences_are_shared(train):
+    """As in Bias in Bios' hard_text: no sentence saying "X is a professor/nurse at ...";
+    the title words are rare; most sentences come from templates both professions use."""
+    assert 0.02 < train["text"].str.contains(TITLE_WORDS).mean() < 0.15
+    kinds = _kinds()
+    for profession in (0, 1):
         texts = train.loc[train["profession"] == profession, "text"]
+        used = collections.Counter()
+        shared_used = set()
         for text in texts:
-            protected = ABBREVIATIONS.sub(r"\1_", text)
-            first = re.split(r"(?<=\.) (?=[A-Z])", protected)[0].replace("_", ".")
-            matches = [i for i, p in enumerate(patterns) if p.match(first)]
-            assert matches, first
-            used[matches[0]] += 1
-        assert len(used) >= 20
-        assert max(used.values()) < 0.1 * len(texts)  # no template dominates
-    all_sentences = [s for t in train["text"] for s in sentences(t)]
-    keyword = re.compile(r"professor|nurs", re.IGNORECASE)
-    assert sum(not keyword.search(s) for s in all_sentences) > 0.5 * len(all_sentences)
-    first = [sentences(t)[0] for t in train["text"]]
-    assert sum(not keyword.search(s) for s in first) > 0.3 * len(first)
+            for s in sentences(text):
+                s = s.replace("Dr ", "Dr. ").replace("Mr ", "Mr. ").replace("Ms ", "Ms. ")
+                s = s.replace("Mrs ", "Mrs. ").replace("St ", "St. ")
+                found = [k for k, pats in kinds.items() for p in pats if p.match(s)]
+                assert found, s
+                used[found[0]] += 1
+                if found[0] == "shared":
+                    shared_used.add(next(i for i, p in enumerate(kinds["shared"]) if p.match(s)))
+        total = sum(used.values())
+        assert (used["shared"] + used["personal"]) / total > 0.5, used
+        assert used["title"] / total < 0.03, used
+        assert shared_used == set(range(len(bib.SHARED_BODY)))  # every one, by both professions
+        role = sum(used[p] for p in bib.PERSONAS)
+        assert 0.2 < role / total < 0.5, used  # the sentences that lean to a profession
 
 
-def test_names_and_pronouns_vary(train):
+def test_names_and_pronouns_in_most_sentences(train):
     assert len(bib.MALE_NAMES) >= 40 and len(bib.FEMALE_NAMES) >= 40
     assert not set(bib.MALE_NAMES) & set(bib.FEMALE_NAMES)
     with_pronoun = [bool(PRONOUNS.search(t)) for t in train["text"]]
-    assert 0.5 < sum(with_pronoun) / len(with_pronoun) < 1.0
+    assert sum(with_pronoun) / len(with_pronoun) > 0.95
     for gender, names in [(0, bib.MALE_NAMES), (1, bib.FEMALE_NAMES)]:
         texts = train.loc[train["gender"] == gender, "text"]
-        firsts = {t.removeprefix("Dr. ").split()[0] for t in texts}
-        assert len(firsts & set(names)) >= 40
+        words = [set(re.findall(r"[A-Za-z]+", t)) for t in texts]
+        firsts = [w & set(names) for w in words]
+        assert len(set().union(*firsts)) >= 40
+        assert 0.4 < sum(bool(f) for f in firsts) / len(texts) < 0.9  # a name in most bios
         wrong = {"she", "her"} if gender == 0 else {"he", "his", "him"}
         assert not any(set(PRONOUNS.findall(t.lower())) & wrong for t in texts)
+    # a pronoun or a name in nearly every sentence, as in third-person bios
+    all_names = re.compile(
+        r"\b(" + "|".join(bib.MALE_NAMES + bib.FEMALE_NAMES + bib.SURNAMES) + r")\b"
+    )
+    all_sentences = [s for t in train["text"] for s in sentences(t)]
+    marked = sum(bool(PRONOUNS.search(s) or all_names.search(s)) for s in all_sentences)
+    assert marked / len(all_sentences) > 0.95
 
 
 def test_offline_generation_is_fast():
@@ -282,11 +344,13 @@ def test_local_jsonl_and_parquet_map_to_our_columns(tmp_path):
         ("She is a nurse.", 1, 1, "female nurse"),
         ("He is a professor.", 0, 0, "male professor"),
     }
-    for source in (jsonl, str(jsonl), parquet, {"train": parquet, "test": jsonl}):
-        for part in ("train", "test"):
+    by_part = {"train": parquet, "validation": jsonl, "test": jsonl}
+    for source in (jsonl, str(jsonl), parquet, by_part):
+        for part in ("train", "validation", "test"):
             frame = bias_in_bios("balanced", part, source=source)
             assert set(frame.itertuples(index=False, name=None)) == expected
             assert frame["profession"].dtype == "int64"
+    assert bib.HUB_SPLITS == {"train": "train", "validation": "dev", "test": "test"}
     ambiguous = bias_in_bios("ambiguous", source=jsonl)
     assert set(ambiguous["text"]) == {"He is a professor.", "She is a nurse."}
 
