@@ -119,6 +119,7 @@ def node_effects(
     batch_size: int = 16,
     max_batch_rows: int | None = None,
     nodes: Sequence[str] | None = None,
+    skip_bos: bool = False,
     progress: bool = True,
 ) -> NodeEffects:
     """Indirect effects of every feature and error node at every SAE site.
@@ -140,6 +141,9 @@ def node_effects(
         nodes: with ``method="exact"``, patch only these node ids (``node_id`` format, e.g.
             ``"blocks.3.hook_mlp_out/f12@5"``; no ``@pos`` under sum aggregation) and leave NaN
             for the rest: exact values for the few nodes you want to check.
+        skip_bos: under ``sum`` aggregation, leave the BOS position out of each example's sum
+            (the model must prepend BOS). Its nodes can be attention-sink features whose
+            ablation moves everything; the reference drops them before selecting (SHIFT).
         progress: show a progress bar when there is more than one batch.
 
     Returns:
@@ -159,7 +163,7 @@ def node_effects(
     )
     if nodes is not None and method != "exact":
         raise ValueError("nodes= selects nodes for method='exact' only; AtP and IG get all nodes")
-    return run_node_effects(model, run, nodes=nodes, progress=progress)
+    return run_node_effects(model, run, nodes=nodes, skip_bos=skip_bos, progress=progress)
 
 
 def run_node_effects(
@@ -167,11 +171,17 @@ def run_node_effects(
     run: EffectsRun,
     *,
     nodes: Sequence[str] | None = None,
+    skip_bos: bool = False,
     progress: bool = True,
 ) -> NodeEffects:
     """``node_effects`` on a prepared run (``prepare_run``), e.g. one an edge pass shares."""
     method, ablation = run.method, run.ablation
     templatic = run.templatic
+    if skip_bos and (templatic or not model.cfg.default_prepend_bos):
+        raise ValueError(
+            "skip_bos needs aggregation='sum' and a model that prepends BOS "
+            "(model.cfg.default_prepend_bos)"
+        )
     wanted = None
     if nodes is not None:
         wanted = node_masks(nodes, run.sites, run.tokens.n_pos, templatic)
@@ -201,7 +211,7 @@ def run_node_effects(
         metric_sum += float(clean.metric.sum())
         for h, (eff_f, eff_e) in effects.items():
             for totals, eff in ((totals_f, eff_f), (totals_e, eff_e)):
-                part = _aggregate(eff, batch.mask, templatic)
+                part = _aggregate(eff, _summed(batch.mask, skip_bos), templatic)
                 totals[h] = totals[h] + part if h in totals else part
     n = len(run.dataset)
     features = {h: t / n for h, t in totals_f.items()}
@@ -220,6 +230,15 @@ def run_node_effects(
         metric_clean=metric_sum / n,
         sites=run.sites,
     )
+
+
+def _summed(mask: Tensor, skip_bos: bool) -> Tensor:
+    """The positions an example's effects are summed over."""
+    if not skip_bos:
+        return mask
+    out = mask.clone()
+    out[:, 0] = False
+    return out
 
 
 def _aggregate(eff: Tensor, mask: Tensor, templatic: bool) -> Tensor:

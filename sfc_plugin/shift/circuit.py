@@ -5,7 +5,10 @@ label is 1, i.e. the evidence against the true label, computed from the probe's 
 (mean over real tokens, BOS excluded) of the activation at its hook. Node effects (eq. 3, 4)
 use zero ablation (no patch input) and are summed over positions, then averaged over the
 examples; a node's effect ``m(ablated) - m(clean)`` is positive when the probe relies on it
-to get the label right. Only SAE sites writing at or before the probe's hook take part.
+to get the label right. Only SAE sites writing at or before the probe's hook take part. As in
+the reference, the BOS position is left out of the sum when the model prepends one: there
+the residual stream is an attention sink, and features active on it (dense, sink-like ones)
+would have large effects unrelated to the text.
 
 The circuit's features are those with the largest positive effects (the reference keeps
 those above a hand-set threshold: 67 features on Pythia-70M, 46 on Gemma-2-2B); error nodes
@@ -129,6 +132,7 @@ def probe_circuit(
         ablation="zero",
         aggregation="sum",
         batch_size=batch_size,
+        skip_bos=bool(model.cfg.default_prepend_bos),
         progress=progress,
     )
     frame = effects.to_frame()

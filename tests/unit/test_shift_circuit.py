@@ -89,7 +89,7 @@ def _truth(model, saes, probe, method, steps=3):
             if method == "exact":
                 with torch.no_grad():
                     clean = own_probe_value(model, probe, tokens, label)
-                    for p in range(tokens.shape[1]):
+                    for p in range(1, tokens.shape[1]):  # BOS left out of the sum
                         for i in range(sae.cfg.d_sae):
                             if fc[0, p, i] == 0:
                                 continue
@@ -125,8 +125,8 @@ def _truth(model, saes, probe, method, steps=3):
                 g = torch.autograd.grad(v, [f, e])
                 gf += g[0] / len(alphas)
                 ge += g[1] / len(alphas)
-            tot_f += (gf * -fc).detach()[0].sum(0)
-            tot_e += (ge * -ec).detach().sum()
+            tot_f += (gf * -fc).detach()[0, 1:].sum(0)  # BOS left out of the sum
+            tot_e += (ge * -ec).detach()[0, 1:].sum()
         out[h] = (tot_f / len(TEXTS), tot_e / len(TEXTS))
     return out
 
@@ -138,6 +138,16 @@ def test_probe_node_effects_match_ground_truth(setup, method):
     model, saes, probe = setup
     sites = probe_sites(saes, probe)
     assert list(sites) == HOOKS  # the site after the probe's hook takes no part
+    with_bos = node_effects(
+        model,
+        sites,
+        [{"prefix": t} for t in TEXTS],
+        method="atp",
+        metric=probe_metric(model, probe, LABELS),
+        ablation="zero",
+        aggregation="sum",
+        progress=False,
+    )
     res = node_effects(
         model,
         sites,
@@ -148,9 +158,11 @@ def test_probe_node_effects_match_ground_truth(setup, method):
         ablation="zero",
         aggregation="sum",
         batch_size=2,
+        skip_bos=True,
         progress=False,
     )
     truth = _truth(model, saes, probe, method)
+    assert (with_bos.features[HOOKS[0]] - res.features[HOOKS[0]]).abs().max() > 1e-4
     for h in HOOKS:
         want_f, want_e = truth[h]
         assert want_f.abs().max() > 1e-3, "vacuous ground truth"
@@ -195,6 +207,30 @@ def test_sites_after_the_probe_hook_are_refused(setup):
         )
     with pytest.raises(ValueError, match="no SAE writes at or before the probe's hook"):
         probe_sites({LATE: saes[LATE]}, probe)
+
+
+def test_skip_bos_needs_summed_effects_and_a_bos(setup, tokenizer):
+    model, saes, probe = setup
+    rows = [{"prefix": t} for t in TEXTS]
+    metric = probe_metric(model, probe, LABELS)
+    sites = probe_sites(saes, probe)
+    with pytest.raises(ValueError, match="skip_bos needs aggregation='sum'"):
+        node_effects(model, sites, rows[:1], metric=metric, ablation="zero", skip_bos=True)
+    model.cfg.default_prepend_bos = False
+    try:
+        with pytest.raises(ValueError, match="prepends BOS"):
+            node_effects(
+                model,
+                sites,
+                rows,
+                metric=metric,
+                ablation="zero",
+                aggregation="sum",
+                skip_bos=True,
+                progress=False,
+            )
+    finally:
+        model.cfg.default_prepend_bos = True
 
 
 def test_bad_labels_and_texts_are_named(setup):
