@@ -117,8 +117,8 @@ class ShiftSettings:
     for each circuit; ``random_seeds`` for the random-ablation row)."""
 
     source: str = "offline"
-    n_train: int = 600
-    n_oracle: int = 600
+    n_train: int = 400
+    n_oracle: int = 400
     n_test: int = 400
     n_circuit: int = 64
     n_features: int = 50
