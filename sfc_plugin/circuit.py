@@ -21,7 +21,6 @@ Node ids are ``blocks.3.hook_mlp_out/f123@5`` (feature 123 at position 5),
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from sae_lens import SAE
 from sfc_plugin.attribution.edges import run_edge_effects
 from sfc_plugin.attribution.effects import NodeEffects, run_node_effects
 from sfc_plugin.attribution.run import Ablation, Aggregation, prepare_run
+from sfc_plugin.files import read_document, write_document
 from sfc_plugin.nodes import METRIC_NODE
 from sfc_plugin.version import __version__
 
@@ -135,36 +135,14 @@ class Circuit:
         save_png(self, path, **options)
 
     def save(self, path: str | Path) -> None:
-        """Write the circuit as JSON (schema in the module docstring)."""
-        doc = {
-            "schema": SCHEMA,
-            "version": SCHEMA_VERSION,
-            "settings": self.settings,
-            "nodes": _records(self.nodes),
-            "edges": _records(self.edges),
-        }
-        Path(path).write_text(json.dumps(doc, indent=1))
+        """Write the circuit as JSON (schema in the module docstring), atomically."""
+        body = {"settings": self.settings, "nodes": _records(self.nodes)}
+        write_document(path, SCHEMA, SCHEMA_VERSION, body | {"edges": _records(self.edges)})
 
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
         """Read a circuit saved by ``save``; clear errors for other files and versions."""
-        text = Path(path).read_text()
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path} is not a complete circuit file (truncated or not JSON: {e})"
-            ) from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not a sfc_plugin circuit file (no schema {SCHEMA!r})")
-        if doc.get("version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"{path} has circuit schema version {doc.get('version')!r}; this sfc_plugin "
-                f"({__version__}) reads version {SCHEMA_VERSION}"
-            )
-        missing = [k for k in ("settings", "nodes", "edges") if k not in doc]
-        if missing:
-            raise ValueError(f"{path} lacks {missing}")
+        doc = read_document(path, SCHEMA, SCHEMA_VERSION, "circuit", ("settings", "nodes", "edges"))
         nodes = pd.DataFrame(doc["nodes"], columns=NODE_COLUMNS)
         edges = pd.DataFrame(doc["edges"], columns=EDGE_COLUMNS)
         return cls(_restore(nodes), edges.astype({"effect": float}), doc["settings"])

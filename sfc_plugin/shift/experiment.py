@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -37,12 +35,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 import torch
 from sae_lens import SAE
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sfc_plugin.datasets.bias_in_bios import Source, bias_in_bios
 from sfc_plugin.dictionaries import neuron_saes
+from sfc_plugin.files import read_document, write_atomic, write_document
 from sfc_plugin.frontend.shift_page import shift_report_html
 from sfc_plugin.shift.ablation import ablation_hooks, mean_features, random_features
 from sfc_plugin.shift.circuit import probe_circuit, probe_sites
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
 
 SCHEMA = "sfc_plugin.shift"
 SCHEMA_VERSION = 1
+_FIELDS = ("table", "circuit", "errors", "ablated", "judgements", "descriptions", "skylines")
 
 ROWS = (
     "original",
@@ -175,13 +175,11 @@ class ShiftResult:
                 str(n): index.dashboard(str(h), int(i))
                 for n, h, i in zip(self.circuit.node, self.circuit.hook_name, self.circuit.feature)
             }
-        _write_atomic(Path(path), self.report_html(boards).encode())
+        write_atomic(Path(path), self.report_html(boards).encode())
 
     def save(self, path: str | Path) -> None:
         """Write the result as JSON (schema ``sfc_plugin.shift``, version 1), atomically."""
-        doc = {
-            "schema": SCHEMA,
-            "version": SCHEMA_VERSION,
+        body = {
             "table": self.table.reset_index().to_dict(orient="records"),
             "circuit": self.circuit.to_dict(orient="records"),
             "errors": self.errors.to_dict(orient="records"),
@@ -192,22 +190,12 @@ class ShiftResult:
             "settings": self.settings,
             "timings": self.timings,
         }
-        _write_atomic(Path(path), json.dumps(doc, indent=1).encode())
+        write_document(path, SCHEMA, SCHEMA_VERSION, body)
 
     @classmethod
     def load(cls, path: str | Path) -> ShiftResult:
         """Read a result written by ``save``; clear errors for other files and versions."""
-        try:
-            doc = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a SHIFT result (not JSON: {e})") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not a SHIFT result file (no schema {SCHEMA!r})")
-        if doc.get("version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"{path} has SHIFT schema version {doc.get('version')!r}; this sfc_plugin "
-                f"reads version {SCHEMA_VERSION}"
-            )
+        doc = read_document(path, SCHEMA, SCHEMA_VERSION, "SHIFT result", _FIELDS)
         return cls(
             table=pd.DataFrame(doc["table"]).set_index("row"),
             circuit=pd.DataFrame(doc["circuit"]),
@@ -219,14 +207,6 @@ class ShiftResult:
             settings=doc["settings"],
             timings=doc.get("timings", {}),
         )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _digest(values: list[str]) -> str:
@@ -252,7 +232,7 @@ class _Stages:
                     "out= or delete it"
                 )
         else:
-            _write_atomic(kept, json.dumps(settings, indent=1).encode())
+            write_atomic(kept, json.dumps(settings, indent=1).encode())
 
     def tensor(self, name: str, compute: Callable[[], Tensor]) -> Tensor:
         if self.out is None:
@@ -261,10 +241,7 @@ class _Stages:
         if path.exists():
             return load_file(str(path))["value"]
         value = compute()
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=f".{path.name}.")
-        os.close(fd)
-        save_file({"value": value.detach().cpu().contiguous()}, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, save({"value": value.detach().cpu().contiguous()}))
         return value
 
     def json(self, name: str, compute: Callable[[], Any]) -> Any:
@@ -274,7 +251,7 @@ class _Stages:
         if path.exists():
             return json.loads(path.read_text())
         value = compute()
-        _write_atomic(path, json.dumps(value, indent=1).encode())
+        write_atomic(path, json.dumps(value, indent=1).encode())
         return value
 
 

@@ -16,9 +16,6 @@ reused (``train_probe(..., activations=...)``), e.g. to retrain after an ablatio
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from sfc_plugin.files import read_document, write_document
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -168,37 +167,18 @@ class Probe:
 
     def save(self, path: str | Path) -> None:
         """Write the probe as JSON (schema ``sfc_plugin.probe``, version 1), atomically."""
-        doc = {
-            "schema": SCHEMA,
-            "version": SCHEMA_VERSION,
+        body = {
             "hook": self.hook,
             "weight": self.linear.weight.detach().cpu()[0].tolist(),
             "bias": float(self.linear.bias.detach().cpu()[0]),
             "settings": self.settings,
         }
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
+        write_document(path, SCHEMA, SCHEMA_VERSION, body)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Probe:
         """Read a probe written by ``save``; clear errors for other files and versions."""
-        try:
-            doc = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a probe file (not JSON: {e})") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not a sfc_plugin probe file (no schema {SCHEMA!r})")
-        if doc.get("version") != SCHEMA_VERSION:
-            raise ValueError(
-                f"{path} has probe schema version {doc.get('version')!r}; this sfc_plugin "
-                f"reads version {SCHEMA_VERSION}"
-            )
-        missing = [k for k in ("hook", "weight", "bias") if k not in doc]
-        if missing:
-            raise ValueError(f"{path} lacks {missing}")
+        doc = read_document(path, SCHEMA, SCHEMA_VERSION, "probe", ("hook", "weight", "bias"))
         weight = torch.tensor(doc["weight"], dtype=torch.float32)
         linear = nn.Linear(len(weight), 1).to(device)
         with torch.no_grad():

@@ -16,6 +16,7 @@ PACKAGE = Path(sfc_plugin.__file__).parent
 # docs/architecture.md.
 ALLOWED: dict[str, set[str]] = {
     "version": set(),
+    "files": {"version"},
     "nodes": {"sites"},  # for type hints only
     "sites": set(),
     "data": set(),
@@ -25,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "dictionaries": {"sites", "datasets"},
     "attribution": {"sites", "data", "metrics", "nodes"},
     "frontend": {"nodes", "sites", "models", "datasets"},
-    "circuit": {"version", "attribution", "nodes", "frontend"},  # frontend: display methods
+    # frontend: display methods
+    "circuit": {"version", "files", "attribution", "nodes", "frontend"},
     "evaluation": {"attribution", "circuit", "data", "metrics", "nodes", "sites", "dictionaries"},
     "training": {"dictionaries", "models", "sites", "datasets"},
     "experiments": {
@@ -42,6 +44,7 @@ ALLOWED: dict[str, set[str]] = {
         "sites",
     },
     "shift": {
+        "files",
         "attribution",
         "circuit",
         "data",

@@ -229,7 +229,7 @@ def test_resume_save_load_and_changed_settings(setup, source, result, monkeypatc
     with pytest.raises(ValueError, match=r"other settings \(\['n_features'\]\)"):
         run_shift(model, saes, judge=even_features, settings=other, out=out, source=source)
     (out / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a SHIFT result file"):
+    with pytest.raises(ValueError, match="not a sfc_plugin SHIFT result file"):
         ShiftResult.load(out / "bad.json")
 
 
