@@ -133,7 +133,7 @@ def mean_features(
         return on_write
 
     hooks: list[Any] = [h for s in sites for h in site_hooks(s, record(s))]
-    for tokens, mask in text_batches(model, texts, batch_size, max_tokens):
+    for _, tokens, mask in text_batches(model, texts, batch_size, max_tokens):
         with model.hooks(fwd_hooks=hooks):
             model(tokens, stop_at_layer=stop_layer(last, model.cfg.n_layers))
         m = mask[..., None].float()

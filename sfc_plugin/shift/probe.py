@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sfc_plugin.files import read_document, write_document
+from sfc_plugin.sites import stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -66,23 +67,27 @@ def check_labels(labels: Sequence[int] | Tensor, n: int) -> Tensor:
 
 
 def text_batches(model: HookedTransformer, texts: list[str], batch_size: int, max_tokens: int):
-    """Right-padded token batches ``[b, pos]`` and masks of the positions to average
-    (non-padding, BOS excluded when the model prepends one), ``max_tokens`` at most per text."""
+    """``(rows, tokens, mask)`` per batch: the texts' indices, right-padded tokens ``[b, pos]``
+    (``max_tokens`` at most per text) and the positions to average (non-padding, BOS excluded
+    when the model prepends one). Texts are batched in order of length, so little of each
+    batch is padding; ``rows`` says where each row belongs."""
     first = 1 if model.cfg.default_prepend_bos else 0
-    for start in range(0, len(texts), batch_size):
-        rows = []
-        for i, text in enumerate(texts[start : start + batch_size], start):
-            tokens = model.to_tokens(text, truncate=False)[0][:max_tokens]
-            if len(tokens) <= first:
-                raise ValueError(f"texts[{i}] ({text[:40]!r}) tokenizes to no tokens")
-            rows.append(tokens)
-        length = max(len(t) for t in rows)
+    seqs = []
+    for i, text in enumerate(texts):
+        tokens = model.to_tokens(text, truncate=False)[0][:max_tokens]
+        if len(tokens) <= first:
+            raise ValueError(f"texts[{i}] ({text[:40]!r}) tokenizes to no tokens")
+        seqs.append(tokens)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        length = max(len(seqs[i]) for i in rows)
         batch = torch.zeros(len(rows), length, dtype=torch.long, device=model.cfg.device)
         mask = torch.zeros(len(rows), length, dtype=torch.bool, device=model.cfg.device)
-        for j, tokens in enumerate(rows):
-            batch[j, : len(tokens)] = tokens
-            mask[j, first : len(tokens)] = True
-        yield batch, mask
+        for j, i in enumerate(rows):
+            batch[j, : len(seqs[i])] = seqs[i]
+            mask[j, first : len(seqs[i])] = True
+        yield torch.tensor(rows), batch, mask
 
 
 @torch.no_grad()
@@ -103,18 +108,15 @@ def pooled_activations(
     hook = hook or default_probe_hook(model)
     if hook not in model.hook_dict:
         raise ValueError(f"hook {hook!r} is not a hook point of this model")
-    parts = hook.split(".")
-    stop = int(parts[1]) + 1 if parts[0] == "blocks" else None
-    if stop is not None and stop >= model.cfg.n_layers:
-        stop = None
+    stop = stop_layer(hook, model.cfg.n_layers)
     seen: dict[str, Tensor] = {}
 
     def grab(x: Tensor, hook) -> None:
         seen["x"] = x
 
-    out = []
+    out: Tensor | None = None
     n_batches = -(-len(texts) // batch_size)
-    for tokens, mask in tqdm(
+    for rows, tokens, mask in tqdm(
         text_batches(model, texts, batch_size, max_tokens),
         total=n_batches,
         disable=not progress or n_batches <= 1,
@@ -124,8 +126,11 @@ def pooled_activations(
             model(tokens, stop_at_layer=stop, padding_side="right")
         x = seen.pop("x").reshape(*tokens.shape, -1).float()
         m = mask[..., None].float()
-        out.append((x * m).sum(1) / m.sum(1))
-    return torch.cat(out)
+        if out is None:
+            out = x.new_zeros(len(texts), x.shape[-1])
+        out[rows.to(out.device)] = (x * m).sum(1) / m.sum(1)
+    assert out is not None  # texts is not empty
+    return out
 
 
 @dataclass
