@@ -247,6 +247,9 @@ def _shift_parser(sub: Any) -> None:
     p.add_argument("--n-circuit", type=int, default=64, help="examples per circuit")
     p.add_argument("--n-features", type=int, default=50, help="features in the probe circuit")
     p.add_argument(
+        "--probe-epochs", type=int, default=1, help="epochs of every probe (the paper: 1)"
+    )
+    p.add_argument(
         "--dashboard-tokens",
         type=int,
         default=32_768,

@@ -57,6 +57,7 @@ def run_shift_experiment(
     n_test: int = ShiftSettings.n_test,
     n_circuit: int = ShiftSettings.n_circuit,
     n_features: int = ShiftSettings.n_features,
+    probe_epochs: int = ShiftSettings.probe_epochs,
     dashboard_tokens: int = 32_768,
     device: str | None = None,
 ) -> ShiftResult:
@@ -79,6 +80,7 @@ def run_shift_experiment(
         n_test=n_test,
         n_circuit=n_circuit,
         n_features=n_features,
+        probe_epochs=probe_epochs,
         method=method,
         steps=steps,
     )

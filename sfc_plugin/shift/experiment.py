@@ -114,7 +114,9 @@ def paper_tables() -> dict[str, pd.DataFrame]:
 @dataclass(frozen=True)
 class ShiftSettings:
     """Sizes and methods of one run (rows of ``bias_in_bios`` splits; ``n_circuit`` examples
-    for each circuit; ``random_seeds`` for the random-ablation row)."""
+    for each circuit; ``random_seeds`` for the random-ablation row; ``probe_epochs`` for
+    every probe of the table, CBP's included: the paper trains one epoch, over ~22k
+    examples)."""
 
     source: str = "offline"
     n_train: int = 400
@@ -129,6 +131,7 @@ class ShiftSettings:
     seed: int = 42
     batch_size: int = 16
     circuit_batch_size: int = 4
+    probe_epochs: int = 1
 
 
 @dataclass
@@ -325,7 +328,9 @@ def run_shift(
         )
 
     def probe_on(x: Tensor, labels) -> Probe:
-        return train_probe(None, None, list(labels), hook=hook, activations=x, seed=s.seed)
+        return train_probe(
+            None, None, list(labels), hook=hook, activations=x, seed=s.seed, epochs=s.probe_epochs
+        )
 
     a_train = timed("activations", lambda: acts("acts_train", train))
     a_test = timed("activations", lambda: acts("acts_test", test))
@@ -333,14 +338,7 @@ def run_shift(
     rows: dict[str, dict[str, float]] = {"original": _row(probe.logits_of(a_test), test)}
 
     concepts = concept_vectors(model, hook)
-    cbp = train_probe(
-        None,
-        None,
-        list(train.profession),
-        hook=hook,
-        activations=concept_similarities(a_train, concepts),
-        seed=s.seed,
-    )
+    cbp = probe_on(concept_similarities(a_train, concepts), train.profession)
     rows["CBP"] = _row(cbp.logits_of(concept_similarities(a_test, concepts)), test)
 
     sites = probe_sites(saes, probe)
