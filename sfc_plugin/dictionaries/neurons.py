@@ -76,4 +76,3 @@ def _hook_width(model, hook_name: str) -> int:
     with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, grab)]):
         model(tokens, stop_at_layer=stop_layer(hook_name, model.cfg.n_layers))
     return seen[0]
-
