@@ -241,7 +241,9 @@ def tokenize(
         c = model.to_tokens(ex.clean_prefix)[0]
         clean.append(c)
         clean_ans.append(
-            NO_ANSWER if ex.clean_answer is None else answer_id(ex.clean_answer, i, "answer")
+            NO_ANSWER
+            if ex.clean_answer is None
+            else answer_id(ex.clean_answer, i, "clean_answer" if dataset.is_pairs else "answer")
         )
         if dataset.is_pairs:
             patch_ans.append(answer_id(str(ex.patch_answer), i, "patch_answer"))

@@ -76,6 +76,12 @@ def hook_sort_key(hook_name: str) -> tuple[float, int, str]:
     return (float(layer), len(_COMPONENT_ORDER), hook_name)
 
 
+def writes_by(hook_name: str, hook: str) -> bool:
+    """True when a site writing ``hook_name`` can affect ``hook``: it is in an earlier block,
+    or in the same block at or before it (``hook_sort_key`` order, ties included)."""
+    return hook_sort_key(hook_name)[:2] <= hook_sort_key(hook)[:2]
+
+
 def stop_layer(hook_name: str, n_layers: int) -> int | None:
     """The ``stop_at_layer`` of a forward that only needs to reach ``hook_name`` (None: the
     whole model)."""

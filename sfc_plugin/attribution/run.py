@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sfc_plugin.data import Batch, Dataset, TokenizedDataset, read_dataset, tokenize
 from sfc_plugin.metrics import Metric, forward_metric, read_hook, resolve_metric
-from sfc_plugin.sites import Site, attach_saes, compose, hook_sort_key, make_sites
+from sfc_plugin.sites import Site, attach_saes, compose, make_sites, writes_by
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -136,7 +136,7 @@ def check_sites_feed(sites: list[Site], metric: Metric) -> None:
     hook = read_hook(metric)
     if hook is None:
         return
-    late = [s.hook_name for s in sites if hook_sort_key(s.hook_name)[:2] > hook_sort_key(hook)[:2]]
+    late = [s.hook_name for s in sites if not writes_by(s.hook_name, hook)]
     if late:
         raise ValueError(
             f"site(s) {late} come after {hook!r}, the hook the metric reads, so they cannot "

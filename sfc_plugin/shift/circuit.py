@@ -29,8 +29,8 @@ from torch import Tensor
 from sfc_plugin.attribution import NodeEffects, node_effects
 from sfc_plugin.data import Batch
 from sfc_plugin.metrics import ActivationMetric
-from sfc_plugin.shift.probe import Probe, check_labels, check_texts
-from sfc_plugin.sites import hook_sort_key
+from sfc_plugin.shift.probe import Probe, check_labels, check_texts, pool
+from sfc_plugin.sites import hook_sort_key, writes_by
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -50,8 +50,7 @@ def probe_metric(
             raise ValueError("the probe metric needs each batch's row indices (Batch.rows)")
         mask = batch.mask.clone()
         mask[:, :first] = False
-        m = mask[..., None].to(x.dtype)
-        pooled = (x.reshape(*mask.shape, -1) * m).sum(1) / m.sum(1)
+        pooled = pool(x.reshape(*mask.shape, -1), mask)
         return sign[batch.rows].to(x.dtype) * probe.logits_of(pooled).to(x.dtype)
 
     return ActivationMetric(probe.hook, signed_logit, "probe logit against the label")
@@ -59,9 +58,7 @@ def probe_metric(
 
 def probe_sites(saes: Mapping[str, SAE], probe: Probe) -> dict[str, SAE]:
     """The SAEs that write at or before the probe's hook (the only ones that can affect it)."""
-    keep = {
-        h: sae for h, sae in saes.items() if hook_sort_key(h)[:2] <= hook_sort_key(probe.hook)[:2]
-    }
+    keep = {h: sae for h, sae in saes.items() if writes_by(h, probe.hook)}
     if not keep:
         raise ValueError(
             f"no SAE writes at or before the probe's hook {probe.hook!r} (SAEs at "

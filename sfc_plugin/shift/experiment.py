@@ -323,7 +323,12 @@ def run_shift(
         return stages.tensor(
             name,
             lambda: pooled_activations(
-                model, list(frame.text), hook, fwd_hooks=hooks, progress=progress
+                model,
+                list(frame.text),
+                hook,
+                fwd_hooks=hooks,
+                batch_size=s.batch_size,
+                progress=progress,
             ),
         )
 
@@ -375,9 +380,10 @@ def run_shift(
     ablated = [j.node for j in judgements if j.spurious]
     k = len(ablated)
 
-    def ablated_row(name: str, hooks, p: Probe = probe) -> tuple[dict[str, float], Tensor]:
+    def ablated_row(name: str, hooks) -> tuple[dict[str, float], Tensor]:
+        """The original probe's scores on the test set with ``hooks`` attached."""
         x = timed("ablated activations", lambda: acts(name, test, hooks))
-        return _row(p.logits_of(x), test), x
+        return _row(probe.logits_of(x), test), x
 
     randoms = []
     for seed in tqdm(s.random_seeds, desc="random ablations", disable=not progress):
@@ -403,7 +409,13 @@ def run_shift(
         skylines["neuron"] = [r["node"] for r in doc["features"]]
         means = stages.tensor(
             "neuron_means",
-            lambda: torch.cat(list(mean_features(model, neurons, list(oracle_data.text)).values())),
+            lambda: torch.cat(
+                list(
+                    mean_features(
+                        model, neurons, list(oracle_data.text), batch_size=s.batch_size
+                    ).values()
+                )
+            ),
         )
         values = dict(zip(neurons, torch.split(means, [neurons[h].cfg.d_sae for h in neurons])))
         hooks = ablation_hooks(model, neurons, skylines["neuron"], values=values)

@@ -90,6 +90,12 @@ def text_batches(model: HookedTransformer, texts: list[str], batch_size: int, ma
         yield torch.tensor(rows), batch, mask
 
 
+def pool(x: Float[Tensor, "b pos d"], mask: Tensor) -> Float[Tensor, "b d"]:
+    """The probe's pooling: the mean of ``x`` over the positions ``mask`` marks."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1)
+
+
 @torch.no_grad()
 def pooled_activations(
     model: HookedTransformer,
@@ -125,10 +131,9 @@ def pooled_activations(
         with model.hooks(fwd_hooks=[*fwd_hooks, (hook, grab)]):
             model(tokens, stop_at_layer=stop, padding_side="right")
         x = seen.pop("x").reshape(*tokens.shape, -1).float()
-        m = mask[..., None].float()
         if out is None:
             out = x.new_zeros(len(texts), x.shape[-1])
-        out[rows.to(out.device)] = (x * m).sum(1) / m.sum(1)
+        out[rows.to(out.device)] = pool(x, mask)
     assert out is not None  # texts is not empty
     return out
 
