@@ -5,6 +5,7 @@
     sfc evaluate --circuit circuit.json --data test.jsonl
     sfc demo                                 # make demo: the across-RC circuit report
     sfc shift                                # SHIFT and its baselines on Bias in Bios
+    sfc behaviours                           # behaviours by clustering, a circuit per cluster
     sfc reproduce                            # regenerates docs/reproduction.md
     sfc corpus --out DIR                     # the offline SAE training corpus
     sfc train --corpus DIR --out RUN         # SAEs at many hooks, resumable
@@ -12,9 +13,9 @@
     sfc quality --saes smollm2-135m-sfc      # variance explained, CE recovered, L0
 
 Each command turns its options into one call of a typed library function (``circuit_report``,
-``circuit_scores``, ``run_demo``, ``run_shift_experiment``, ``reproduce(ReproduceSettings)``,
-``build_corpus``, ``train(TrainConfig)``, ``bundle``, ``sae_quality``) whose parameters have the
-options' names.
+``circuit_scores``, ``run_demo``, ``run_shift_experiment``, ``run_behaviours_experiment``,
+``reproduce(ReproduceSettings)``, ``build_corpus``, ``train(TrainConfig)``, ``bundle``,
+``sae_quality``) whose parameters have the options' names.
 Library modules are imported only when a command runs, so ``--help`` stays instant.
 
 ``--model`` defaults to the embedded SmolLM2-135M and ``--saes`` to its bundled SAEs; any
@@ -37,6 +38,8 @@ from typing import Any
 EMBEDDED_MODEL = "smollm2-135m"  # models.EMBEDDED_MODEL
 DEFAULT_SAES = "smollm2-135m-sfc"
 TASKS = ("simple", "within_rc", "across_rc", "across_pp")  # datasets.TASKS
+REPRESENTATIONS = ("activations", "sae_activations", "effects", "sae_effects", "gradients")
+# behaviours.KINDS
 
 _EPILOG = """examples:
   sfc data --task across_rc --split train --out train.jsonl
@@ -45,6 +48,7 @@ _EPILOG = """examples:
   sfc evaluate --circuit c.json --data test.jsonl --errors remove
   sfc demo --out out/demo                  (what make demo runs)
   sfc shift --out out/shift --judge lexicon
+  sfc behaviours --out out/behaviours --texts /work/corpus/train.jsonl --k 100 400
   sfc reproduce --tasks across_rc --no-approx --out /tmp/repro
   sfc corpus --out /work/corpus --sample sample.jsonl
   sfc train --corpus /work/corpus --out /work/sae_run --tokens 800000 [--resume]
@@ -179,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _demo_parser(sub)
     _shift_parser(sub)
+    _behaviours_parser(sub)
     _reproduce_parser(sub)
     _corpus_parser(sub)
     _train_parser(sub)
@@ -255,6 +260,64 @@ def _shift_parser(sub: Any) -> None:
         default=32_768,
         help="text-sample tokens scanned for the dashboards the judge reads (0: none)",
     )
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+
+
+def _behaviours_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "behaviours",
+        help="find behaviours by clustering samples, and a circuit for the largest clusters",
+        description="Keep the (context, next token) samples of --texts that the model predicts "
+        "with loss below --loss-threshold (induction cases dropped), represent them, cluster "
+        "them for each --k, find a circuit for the --n-circuits largest clusters (locally or "
+        "as Ray tasks) and write OUT/kK/index.html, the cluster browser; OUT/ keeps each "
+        "finished stage (the same command resumes) (sfc_plugin.experiments.behaviours."
+        "run_behaviours_experiment).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default="out/behaviours", help="output directory")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="load_model name")
+    p.add_argument("--saes", default=DEFAULT_SAES, help="load_saes source")
+    p.add_argument(
+        "--texts", default=None, help='JSONL of {"text": ...} (default: the bundled sample)'
+    )
+    p.add_argument("--n-samples", type=int, default=8192, help="samples to keep at most")
+    p.add_argument("--loss-threshold", type=float, default=0.1, help="nats")
+    p.add_argument("--min-context", type=int, default=16, help="context tokens, at least")
+    p.add_argument("--max-context", type=int, default=64, help="context tokens, at most")
+    p.add_argument(
+        "--induction", choices=["bigram", "trigram", "none"], default="bigram", help="filter"
+    )
+    p.add_argument("--one-per-document", action="store_true", help="one sample per text")
+    p.add_argument(
+        "--representation",
+        choices=list(REPRESENTATIONS),
+        default="sae_effects",
+        help="what each sample is clustered by",
+    )
+    p.add_argument(
+        "--positions", choices=["last", "last_5", "sum"], default="sum", help="positions pooled"
+    )
+    p.add_argument("--k", type=int, nargs="+", default=[100], help="cluster counts")
+    p.add_argument(
+        "--cluster-method", choices=["auto", "spectral", "kmeans"], default="auto", help="how"
+    )
+    p.add_argument("--n-circuits", type=int, default=10, help="largest clusters explained")
+    p.add_argument("--method", choices=["atp", "ig"], default="atp", help="node effects")
+    p.add_argument("--node-threshold", type=float, default=0.1, help="circuit nodes")
+    p.add_argument("--n-examples", type=int, default=100, help="samples per circuit")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="circuits run")
+    p.add_argument("--ray-address", default=None, help="ray.init(address=...), e.g. auto")
+    p.add_argument("--max-in-flight", type=int, default=None, help="Ray tasks at once")
+    p.add_argument("--num-cpus", type=float, default=1, help="CPUs per Ray task")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray task")
+    p.add_argument(
+        "--dashboard-tokens",
+        type=int,
+        default=32_768,
+        help="text-sample tokens scanned for the circuit pages' dashboards (0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
 
 
@@ -532,6 +595,12 @@ def _run_shift(args: argparse.Namespace) -> None:
     shift.run_shift_experiment(**_options(args))
 
 
+def _run_behaviours(args: argparse.Namespace) -> None:
+    from sfc_plugin.experiments import behaviours
+
+    behaviours.run_behaviours_experiment(**{**_options(args), "k": tuple(args.k)})
+
+
 def _run_reproduce(args: argparse.Namespace) -> None:
     from sfc_plugin.experiments import reproduce
 
@@ -625,6 +694,7 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "evaluate": _run_evaluate,
     "demo": _run_demo,
     "shift": _run_shift,
+    "behaviours": _run_behaviours,
     "reproduce": _run_reproduce,
     "corpus": _run_corpus,
     "train": _run_train,

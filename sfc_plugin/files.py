@@ -57,3 +57,21 @@ def read_document(
     if missing:
         raise ValueError(f"{path} lacks {missing}")
     return doc
+
+
+def check_run_settings(out: str | Path, settings: dict[str, Any], what: str) -> None:
+    """Record ``settings`` in ``out/settings.json``, or check them against the recorded ones:
+    results made with other settings in the same directory must not be mixed with new ones
+    (``what`` names the results in the error, e.g. "samples")."""
+    path = Path(out) / "settings.json"
+    key = json.loads(json.dumps(settings))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != key:
+            changed = sorted(k for k in key.keys() | old.keys() if old.get(k) != key.get(k))
+            raise ValueError(
+                f"{out} holds {what} made with other settings ({', '.join(changed)}); "
+                "use a new out directory"
+            )
+    else:
+        write_atomic(path, json.dumps(key, indent=1))

@@ -77,8 +77,8 @@ def test_errors_are_reported_without_traceback(tiny, capsys):
     assert code == 2 and "row 0" in err and "bad.jsonl" in err
 
 
-COMMANDS = ("data", "circuit", "evaluate", "demo", "shift", "reproduce", "corpus", "train",
-            "bundle", "quality")  # fmt: skip
+COMMANDS = ("data", "circuit", "evaluate", "demo", "shift", "behaviours", "reproduce", "corpus",
+            "train", "bundle", "quality")  # fmt: skip
 
 HELP_SCRIPT = """
 import sys, sfc_plugin.cli
@@ -100,6 +100,7 @@ def test_help_is_quick_and_complete(capsys):
     assert "HEAVY []" in done.stdout
     assert sfc_plugin.cli.EMBEDDED_MODEL == sfc_plugin.models.EMBEDDED_MODEL
     assert sfc_plugin.cli.TASKS == TASKS
+    assert sfc_plugin.cli.REPRESENTATIONS == sfc_plugin.behaviours.KINDS
     for command in COMMANDS:
         assert f"usage: sfc {command}" in done.stdout
         with pytest.raises(SystemExit) as exit_:
@@ -126,6 +127,23 @@ def _defaults(function) -> dict:
         name: p.default
         for name, p in inspect.signature(function).parameters.items()
         if p.default is not p.empty
+    }
+
+
+def test_behaviours_passes_the_library_defaults(monkeypatch):
+    from sfc_plugin.experiments import behaviours
+
+    calls = []
+    expected = _defaults(behaviours.run_behaviours_experiment)
+    monkeypatch.setattr(behaviours, "run_behaviours_experiment", lambda **o: calls.append(o))
+    assert main(["behaviours"]) == 0 and calls.pop() == expected
+    argv = ["behaviours", "--k", "100", "400", "--engine", "ray", "--representation", "gradients"]
+    assert main(argv) == 0
+    assert calls.pop() == {
+        **expected,
+        "k": (100, 400),
+        "engine": "ray",
+        "representation": "gradients",
     }
 
 

@@ -25,12 +25,21 @@ ALLOWED: dict[str, set[str]] = {
     "datasets": {"data"},
     "dictionaries": {"sites", "datasets"},
     "attribution": {"sites", "data", "metrics", "nodes"},
-    "frontend": {"nodes", "sites", "models", "datasets"},
+    "frontend": {"files", "nodes", "sites", "models", "datasets"},
     # frontend: display methods
     "circuit": {"version", "files", "attribution", "nodes", "frontend"},
     "evaluation": {"attribution", "circuit", "data", "metrics", "nodes", "sites", "dictionaries"},
     "training": {"dictionaries", "models", "sites", "datasets"},
+    "behaviours": {
+        "files",
+        "circuit",
+        "datasets",
+        "evaluation",
+        "frontend",
+        "sites",
+    },
     "experiments": {
+        "behaviours",
         "shift",
         "attribution",
         "circuit",
