@@ -28,7 +28,7 @@ from sfc_plugin.behaviours.representations import (
     gradient_parameters,
     represent,
 )
-from sfc_plugin.behaviours.samples import (
+from sfc_plugin.behaviours.sampling import (
     SampleSettings,
     is_induction,
     sample_rows,

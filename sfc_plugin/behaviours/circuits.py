@@ -34,7 +34,7 @@ import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from sfc_plugin.behaviours.samples import sample_rows
+from sfc_plugin.behaviours.sampling import sample_rows
 from sfc_plugin.circuit import Circuit, discover_circuit
 from sfc_plugin.evaluation import faithfulness
 from sfc_plugin.files import check_run_settings, write_atomic

@@ -26,7 +26,7 @@ from sae_lens import SAE
 from sfc_plugin.behaviours.circuits import CircuitSettings, Engine, cluster_circuits
 from sfc_plugin.behaviours.clustering import Clustering, ClusterMethod, cluster, cluster_table
 from sfc_plugin.behaviours.representations import Kind, Positions, Representations, represent
-from sfc_plugin.behaviours.samples import Induction, samples
+from sfc_plugin.behaviours.sampling import Induction, samples
 from sfc_plugin.circuit import Circuit
 from sfc_plugin.files import read_document, write_document
 from sfc_plugin.frontend.behaviours_page import save_behaviours_page

@@ -181,6 +181,19 @@ def _sae_batch(
     ]
 
 
+def _distinct_rows(rows: int, s: int, n: int, g: torch.Generator) -> Tensor:
+    """``[rows, s]`` int32 indices in ``[0, n)``, distinct within each row: uniform draws,
+    rows with a repeat drawn again (rare when ``s * s << n``)."""
+    index = torch.randint(n, (rows, s), generator=g, dtype=torch.int32)
+    while s > 1:
+        ordered = index.sort(dim=1).values
+        again = (ordered[:, 1:] == ordered[:, :-1]).any(1).nonzero()[:, 0]
+        if len(again) == 0:
+            break
+        index[again] = torch.randint(n, (len(again), s), generator=g, dtype=torch.int32)
+    return index
+
+
 class SparseProjection:
     """A sparse random operator from ``D`` parameters to ``n`` dimensions: each parameter
     entry is added, with a random sign, to ``s = max(1, round(n * density))`` random outputs
@@ -202,9 +215,11 @@ class SparseProjection:
         g = torch.Generator().manual_seed(seed)
         self.index: list[Tensor] = []
         self.sign: list[Tensor] = []
+        if self.per_entry > n:
+            raise ValueError(f"density {self.density} puts more than n={n} nonzeros per entry")
         for size in sizes:
+            self.index.append(_distinct_rows(size, self.per_entry, n, g).reshape(-1))
             m = size * self.per_entry
-            self.index.append(torch.randint(n, (m,), generator=g, dtype=torch.int32))
             self.sign.append(torch.randint(2, (m,), generator=g, dtype=torch.int8) * 2 - 1)
 
     @property

@@ -3,8 +3,11 @@
 Each text exercises one behaviour whose next tokens a language model predicts from the
 pattern, not from an earlier copy (so the induction filter of ``behaviours.samples`` keeps
 them): counting up in digits, counting in words, the alphabet, months and closing brackets
-of nested calls. Every sample taken from a text belongs to that text's group; the purity of
-the clusters against those groups says how well the clustering recovers them.
+of nested calls. Items are separated by spaces only, so the groups share no token but the
+space. (Repeated names, another behaviour of the paper's browser, are induction cases by
+definition and would be filtered out.) Every sample taken from a text belongs to that
+text's group; the purity of the clusters against those groups says how well the clustering
+recovers them.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ _NAMES = ("x", "y", "z", "a", "b", "n", "k", "value", "items", "data")
 
 def _digits(rng: random.Random) -> str:
     start = rng.randint(1, 60)
-    return ", ".join(str(i) for i in range(start, start + 24))
+    return " ".join(str(i) for i in range(start, start + 24))
 
 
 def _number_words(rng: random.Random) -> str:
     start = rng.randint(0, 4)
-    return ", ".join(_WORDS[start : start + 16]).capitalize()
+    return " ".join(_WORDS[start : start + 16])
 
 
 def _alphabet(rng: random.Random) -> str:
@@ -43,8 +46,7 @@ def _alphabet(rng: random.Random) -> str:
 
 def _months(rng: random.Random) -> str:
     start = rng.randint(0, 3)
-    months = _MONTHS[start:]
-    return "The months " + ", ".join(months) + "."
+    return " ".join(_MONTHS[start:])
 
 
 def _brackets(rng: random.Random) -> str:
@@ -53,7 +55,7 @@ def _brackets(rng: random.Random) -> str:
         depth = rng.randint(2, 4)
         calls = [rng.choice(_FUNCTIONS) for _ in range(depth)]
         expr = "".join(f"{c}(" for c in calls) + rng.choice(_NAMES) + ")" * depth
-        lines.append(f"{rng.choice(_NAMES)} = {expr}")
+        lines.append(expr)
     return "\n".join(lines)
 
 

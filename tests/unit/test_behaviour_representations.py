@@ -411,12 +411,6 @@ def test_projection_is_deterministic_under_the_seed():
         SparseProjection(sizes, 50, density=1.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SparseProjection draws each entry's per_entry output indices with replacement "
-    "(torch.randint), so some parameter entries hit one output twice: that column has one "
-    "nonzero of +-2*scale or none, not per_entry entries of +-1/sqrt(density)",
-)
 def test_projection_has_per_entry_nonzeros_of_plus_minus_scale_per_column(grad_setup):
     model, _ = grad_setup
     sizes = [p.numel() for _, p in gradient_parameters(model)]

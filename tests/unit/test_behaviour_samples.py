@@ -1,4 +1,4 @@
-"""Behaviour samples (sfc_plugin.behaviours.samples) against a brute force computed here:
+"""Behaviour samples (sfc_plugin.behaviours.sampling) against a brute force computed here:
 every target of every document enumerated from the documented window rule, its loss read off
 its own unpadded forward on BOS (if any) + its context alone, and the filters (loss,
 induction, round trip) written out from their definitions."""
@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from sfc_plugin.behaviours.samples import is_induction, samples
+from sfc_plugin.behaviours.sampling import is_induction, samples
 
 # the package exports the function ``samples``, which shadows the module's name
-samples_module = importlib.import_module("sfc_plugin.behaviours.samples")
+samples_module = importlib.import_module("sfc_plugin.behaviours.sampling")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
