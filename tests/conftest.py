@@ -6,6 +6,8 @@ The tiny models use the embedded SmolLM2 tokenizer (read from the GGUF file ship
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from sae_lens import (
@@ -21,6 +23,8 @@ from sae_lens import (
     TranscoderConfig,
 )
 from transformer_lens import HookedTransformerConfig
+
+from sfc_plugin.frontend.render import find_chromium, run_chromium
 
 FAMILIES = {
     # GPT-2 style: LayerNorm, learned absolute positions, sequential attention -> MLP.
@@ -134,8 +138,6 @@ def family(request) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_cache(tmp_path_factory):
     """Every test session starts from an empty sfc_plugin cache: no test leans on an earlier run."""
-    import os
-
     old = os.environ.get("SFC_PLUGIN_CACHE")
     os.environ["SFC_PLUGIN_CACHE"] = str(tmp_path_factory.mktemp("sfc_cache"))
     yield
@@ -143,6 +145,22 @@ def _fresh_cache(tmp_path_factory):
         os.environ.pop("SFC_PLUGIN_CACHE", None)
     else:
         os.environ["SFC_PLUGIN_CACHE"] = old
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The Chromium binary; skipped without one, except under CI, where that is a failure."""
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but no Chromium is installed (Debian package `chromium`)")
+        pytest.skip("no Chromium installed (Debian package `chromium`): cannot open the page")
+    return binary
+
+
+def dump_dom(url: str) -> str:
+    """The DOM of the page at ``url`` after its scripts ran (headless Chromium)."""
+    return run_chromium(["--dump-dom", url], timeout=120).stdout
 
 
 @pytest.fixture(scope="session")

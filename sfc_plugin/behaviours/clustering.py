@@ -191,7 +191,7 @@ def cluster_table(
     return frame.sort_values(["size", "cluster"], ascending=[False, True]).reset_index(drop=True)
 
 
-def purity(labels: Sequence[int] | np.ndarray, groups: Sequence[object]) -> float:
+def purity(labels: Sequence[int] | np.ndarray, groups: Sequence[Any] | np.ndarray) -> float:
     """The share of samples whose cluster's most common group is their own (1: every cluster
     holds one group)."""
     by_label, by_group = np.asarray(labels), np.asarray(groups)

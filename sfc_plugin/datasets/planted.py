@@ -7,7 +7,10 @@ of nested calls. Items are separated by spaces only, so the groups share no toke
 space. (Repeated names, another behaviour of the paper's browser, are induction cases by
 definition and would be filtered out.) Every sample taken from a text belongs to that
 text's group; the purity of the clusters against those groups says how well the clustering
-recovers them.
+recovers them. A group gives samples only where the model predicts it: the embedded
+SmolLM2-135M-Instruct predicts space-separated digits, letters and closing brackets (median
+losses 0.06, 0.15 and 1.5 nats, the last over all bracket-text tokens) but not number words
+or months (3.0 and 1.6 nats), which give no sample at 0.3 nats.
 """
 
 from __future__ import annotations

@@ -31,9 +31,7 @@ from sfc_plugin.behaviours import (
 )
 from sfc_plugin.behaviours.representations import Kind, Positions
 from sfc_plugin.datasets.planted import GROUPS, planted_texts
-from sfc_plugin.dictionaries import load_saes
-from sfc_plugin.frontend.dashboards import feature_index
-from sfc_plugin.models import load_model
+from sfc_plugin.experiments.loading import load_with_dashboards
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -119,13 +117,9 @@ def run_behaviours_experiment(
     representations shared), print the largest and the most coherent clusters and the
     circuits, and return the results."""
     start = time.perf_counter()
-    lm = load_model(model, device=device)
-    dictionaries = load_saes(saes, device=str(lm.cfg.device))
-    index = None
-    if dashboard_tokens:
-        t0 = time.perf_counter()
-        index = feature_index(dictionaries, lm, max_tokens=dashboard_tokens)
-        print(f"feature dashboards ready in {time.perf_counter() - t0:.1f} s")
+    lm, dictionaries, index = load_with_dashboards(
+        model, saes, dashboard_tokens=dashboard_tokens, device=device
+    )
     if engine == "ray" and ray_address is not None:
         import ray
 

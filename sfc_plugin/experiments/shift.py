@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from sfc_plugin.dictionaries import load_saes
-from sfc_plugin.frontend.dashboards import feature_index
-from sfc_plugin.models import load_model
+from sfc_plugin.experiments.loading import load_with_dashboards
 from sfc_plugin.shift import (
     Judge,
     ShiftResult,
@@ -67,13 +65,9 @@ def run_shift_experiment(
     several times more (``benchmarks/shift.py``)."""
     start = time.perf_counter()
     chosen = make_judge(judge, marked)
-    lm = load_model(model, device=device)
-    dictionaries = load_saes(saes, device=str(lm.cfg.device))
-    index = None
-    if dashboard_tokens:
-        t0 = time.perf_counter()
-        index = feature_index(dictionaries, lm, max_tokens=dashboard_tokens)
-        print(f"feature dashboards ready in {time.perf_counter() - t0:.1f} s")
+    lm, dictionaries, index = load_with_dashboards(
+        model, saes, dashboard_tokens=dashboard_tokens, device=device
+    )
     settings = ShiftSettings(
         n_train=n_train,
         n_oracle=n_oracle,

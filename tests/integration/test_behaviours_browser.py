@@ -3,16 +3,15 @@ filters the cluster cards as the URL fragment asks, and the circuit links are in
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
 import pytest
+from conftest import dump_dom
 
 from sfc_plugin.frontend.behaviours_page import save_behaviours_page
-from sfc_plugin.frontend.render import find_chromium, run_chromium
 
 # cluster id -> (size, coherence, answers of its samples)
 CLUSTERS = {
@@ -22,17 +21,6 @@ CLUSTERS = {
     3: (3, 0.75, [" of", " of", " <b>"]),
 }
 LINKS = {1: "clusters/cluster_00001.html", 3: "clusters/cluster_00003.html"}
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The Chromium binary; skipped without one, except under CI, where that is a failure."""
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but no Chromium is installed (Debian package `chromium`)")
-        pytest.skip("no Chromium installed (Debian package `chromium`): cannot open the page")
-    return binary
 
 
 @pytest.fixture
@@ -61,10 +49,6 @@ def page(tmp_path) -> Path:
     path = tmp_path / "behaviours.html"
     save_behaviours_page(path, clusters, samples, labels, circuit_pages=LINKS, settings={"k": 4})
     return path
-
-
-def dump_dom(url: str) -> str:
-    return run_chromium(["--dump-dom", url], timeout=60).stdout
 
 
 def shown_ids(dom: str) -> list[int]:

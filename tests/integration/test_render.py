@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 import xml.etree.ElementTree as ET
@@ -14,14 +13,13 @@ from urllib.parse import quote
 
 import pandas as pd
 import pytest
-from conftest import make_saes, make_tiny_model
+from conftest import dump_dom, make_saes, make_tiny_model
 
 from sfc_plugin.circuit import EDGE_COLUMNS, NODE_COLUMNS, Circuit, discover_circuit
 from sfc_plugin.frontend.dashboards import build_feature_index
 from sfc_plugin.frontend.render import (
     NEGATIVE,
     POSITIVE,
-    find_chromium,
     layout,
     render_html,
     render_svg,
@@ -270,21 +268,6 @@ def test_svg_has_one_shape_per_node_and_one_path_per_edge(small, tiny, tmp_path)
 
 
 # ----------------------------------------------------------------------------- Chromium
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The Chromium binary; skipped without one, except under CI, where that is a failure."""
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but no Chromium is installed (Debian package `chromium`)")
-        pytest.skip("no Chromium installed (Debian package `chromium`): cannot open the page")
-    return binary
-
-
-def dump_dom(url: str) -> str:
-    return run_chromium(["--dump-dom", url], timeout=120).stdout
 
 
 def read_png(path: Path) -> tuple[int, int, set[tuple[int, int, int]]]:
