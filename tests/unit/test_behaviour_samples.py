@@ -12,6 +12,7 @@ import statistics
 import warnings
 from collections import Counter
 
+import datasets
 import pandas as pd
 import pytest
 import torch
@@ -303,6 +304,8 @@ def test_bad_input(setup, tmp_path):
         model, [{"text": t, "id": i} for i, t in enumerate(TEXTS)], loss_threshold=threshold
     )
     pd.testing.assert_frame_equal(as_dicts, base)
+    hf = datasets.Dataset.from_list([{"text": t} for t in TEXTS])  # as from the hub
+    pd.testing.assert_frame_equal(run(model, hf, loss_threshold=threshold), base)
     path = tmp_path / "texts.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     for source in (path, str(path)):
