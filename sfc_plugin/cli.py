@@ -292,7 +292,7 @@ def _behaviours_parser(sub: Any) -> None:
     p.add_argument(
         "--representation",
         choices=list(REPRESENTATIONS),
-        default="sae_effects",
+        default="sae_activations",
         help="what each sample is clustered by",
     )
     p.add_argument(

@@ -178,4 +178,10 @@ def _print(result: Behaviours) -> None:
     print("most coherent clusters (at least 4 samples):")
     coherent = table[table["size"] >= 4].sort_values("coherence", ascending=False)
     print(coherent[columns].head(10).to_string(index=False))
+    labels = result.clustering.labels
+    for c in coherent.cluster.head(5):
+        print(f"cluster {c}:")
+        for i in np.flatnonzero(labels == c)[:3]:
+            context = result.samples.context[i].replace("\n", "\\n")
+            print(f"    ...{context[-70:]!s} -> {result.samples.answer[i]!r}")
     print(f"browser: {result.page}")
