@@ -51,16 +51,20 @@ def _unit(values: Matrix) -> Matrix:
 
 def angular_similarity(a: Matrix, b: Matrix | None = None, block: int = 1024) -> np.ndarray:
     """``1 - arccos(cos(a_i, b_j)) / pi`` for every pair of rows, ``[len(a), len(b)]``
-    (``b`` defaults to ``a``), computed in row blocks of ``block`` so sparse inputs never
-    make more than one dense block at a time besides the result."""
+    (``b`` defaults to ``a``). Sparse rows are made dense a block of ``block`` rows at a time
+    (``b`` whole): SAE representations summed over positions are too dense (a third of the
+    entries here) for a sparse product to pay."""
     ua = _unit(a)
-    ub = ua if b is None else _unit(b)
+    ub = _dense(_unit(b) if b is not None else ua)
     out = np.empty((ua.shape[0], ub.shape[0]), dtype=np.float32)
     for lo in range(0, ua.shape[0], block):
-        cos = ua[lo : lo + block] @ ub.T
-        cos = cos.toarray() if scipy.sparse.issparse(cos) else np.asarray(cos)
+        cos = _dense(ua[lo : lo + block]) @ ub.T
         out[lo : lo + block] = 1 - np.arccos(np.clip(cos, -1, 1)) / np.pi
     return out
+
+
+def _dense(values: Matrix) -> np.ndarray:
+    return values.toarray() if scipy.sparse.issparse(values) else np.asarray(values)
 
 
 def cluster(
@@ -129,8 +133,7 @@ def _kmeans(unit: Matrix, k: int, seed: int) -> np.ndarray:
     except ImportError:
         faiss = None
     if faiss is not None:
-        dense = unit.toarray() if scipy.sparse.issparse(unit) else unit
-        dense = np.ascontiguousarray(dense, dtype=np.float32)
+        dense = np.ascontiguousarray(_dense(unit), dtype=np.float32)
         km = faiss.Kmeans(dense.shape[1], k, niter=25, seed=seed, spherical=True)
         km.train(dense)
         return km.index.search(dense, 1)[1].ravel()
