@@ -292,7 +292,7 @@ def _behaviours_parser(sub: Any) -> None:
     p.add_argument(
         "--representation",
         choices=list(REPRESENTATIONS),
-        default="sae_activations",
+        default="sae_effects",
         help="what each sample is clustered by",
     )
     p.add_argument(

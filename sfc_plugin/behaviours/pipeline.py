@@ -41,8 +41,7 @@ CLUSTERS_VERSION = 1
 @dataclass(frozen=True)
 class BehaviourSettings:
     """Every choice of the pipeline (the defaults: the paper's SAE-feature runs at the
-    embedded model's scale; SAE activations rather than linear effects because they recover
-    the planted behaviours better on the embedded model, docs/behaviours.md)."""
+    embedded model's scale)."""
 
     loss_threshold: float = 0.1
     min_context: int = 16
@@ -50,7 +49,7 @@ class BehaviourSettings:
     induction: Induction = "bigram"
     one_per_document: bool = False
     n_samples: int = 8192
-    representation: Kind = "sae_activations"  # planted groups: purity 1.0, effects 0.86
+    representation: Kind = "sae_effects"
     positions: Positions = "sum"
     k: int = 100
     cluster_method: ClusterMethod = "auto"

@@ -265,7 +265,7 @@ def _gradient_batch(
 def represent(
     model: HookedTransformer,
     samples: pd.DataFrame,
-    kind: Kind = "sae_activations",
+    kind: Kind = "sae_effects",
     *,
     saes: Mapping[str, SAE] | None = None,
     hooks: Sequence[str] | None = None,
