@@ -31,7 +31,7 @@ browser:
 test: $(STAMP) browser
 	$(PY) -m ruff check sfc_plugin tests benchmarks
 	$(PY) -m ruff format --check sfc_plugin tests benchmarks
-	.venv/bin/pyright
+	.venv/bin/pyright -p pyproject.toml
 	$(PY) -m pytest -q
 	tests/compat/run.sh
 
