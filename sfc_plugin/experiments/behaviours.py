@@ -174,7 +174,7 @@ def _print(result: Behaviours) -> None:
     columns = ["cluster", "size", "coherence", "answer_share", "top_answers"]
     print("largest clusters:")
     shown = columns + ["n_nodes", "faithfulness"]
-    print(table[shown].head(result.settings.n_circuits).to_string(index=False))
+    print(table[shown].head(max(result.settings.n_circuits, 10)).to_string(index=False))
     print("most coherent clusters (at least 4 samples):")
     coherent = table[table["size"] >= 4].sort_values("coherence", ascending=False)
     print(coherent[columns].head(10).to_string(index=False))
