@@ -46,7 +46,7 @@ _EXPORTS = {
     "ShiftResult": "sfc_plugin.shift",
 }
 
-_SUBMODULES = ("datasets", "shift")
+_SUBMODULES = ("behaviours", "datasets", "shift")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
