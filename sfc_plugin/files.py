@@ -62,7 +62,8 @@ def read_document(
 def check_run_settings(out: str | Path, settings: dict[str, Any], what: str) -> None:
     """Record ``settings`` in ``out/settings.json``, or check them against the recorded ones:
     results made with other settings in the same directory must not be mixed with new ones
-    (``what`` names the results in the error, e.g. "samples")."""
+    (``what`` names the results in the error, e.g. "samples"). Settings are compared as JSON
+    (tuples and lists alike)."""
     path = Path(out) / "settings.json"
     key = json.loads(json.dumps(settings))
     if path.exists():
@@ -70,8 +71,8 @@ def check_run_settings(out: str | Path, settings: dict[str, Any], what: str) -> 
         if old != key:
             changed = sorted(k for k in key.keys() | old.keys() if old.get(k) != key.get(k))
             raise ValueError(
-                f"{out} holds {what} made with other settings ({', '.join(changed)}); "
-                "use a new out directory"
+                f"{out} holds {what} made with other settings ({changed}); use a new out "
+                "directory or delete it"
             )
     else:
         write_atomic(path, json.dumps(key, indent=1))

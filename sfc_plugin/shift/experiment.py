@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from sfc_plugin.datasets.bias_in_bios import Source, bias_in_bios
 from sfc_plugin.dictionaries import neuron_saes
-from sfc_plugin.files import read_document, write_atomic, write_document
+from sfc_plugin.files import check_run_settings, read_document, write_atomic, write_document
 from sfc_plugin.frontend.shift_page import shift_report_html
 from sfc_plugin.shift.ablation import ablation_hooks, mean_features, random_features
 from sfc_plugin.shift.circuit import probe_circuit, probe_sites
@@ -224,18 +224,7 @@ class _Stages:
         self.out = out
         if out is None:
             return
-        out.mkdir(parents=True, exist_ok=True)
-        kept = out / "settings.json"
-        if kept.exists():
-            old = json.loads(kept.read_text())
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            if changed:
-                raise ValueError(
-                    f"{out} holds a SHIFT run with other settings ({changed}); pass another "
-                    "out= or delete it"
-                )
-        else:
-            write_atomic(kept, json.dumps(settings, indent=1).encode())
+        check_run_settings(out, settings, "a SHIFT run")
 
     def tensor(self, name: str, compute: Callable[[], Tensor]) -> Tensor:
         if self.out is None:
