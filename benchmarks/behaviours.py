@@ -36,20 +36,24 @@ from sfc_plugin.behaviours import (
     represent,
     samples,
 )
+from sfc_plugin.data import Batch, prepended_bos, right_pad
 from sfc_plugin.datasets.text import read_texts
+from sfc_plugin.metrics import answer_logprob
 
 
 def unit_seconds(model, found, batch_size: int = 16) -> float:
     """Seconds per sample of a plain forward + backward of log p(answer) to the embeddings."""
-    bos = [model.tokenizer.bos_token_id]
+    bos = prepended_bos(model)
     start = time.perf_counter()
     for lo in range(0, len(found), batch_size):
         part = found.iloc[lo : lo + batch_size]
         rows = [bos + list(c) for c in part.context_tokens]
-        width = max(map(len, rows))
-        tokens = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r)] = torch.tensor(r)
+        batch = Batch(
+            clean_tokens=right_pad(rows),
+            clean_answer=torch.tensor(list(part.answer_token)),
+            last=torch.tensor([len(r) - 1 for r in rows]),
+            mask=right_pad([[1] * len(r) for r in rows]).bool(),
+        )
         embed = []
 
         def grab(x, hook, embed=embed):
@@ -58,12 +62,9 @@ def unit_seconds(model, found, batch_size: int = 16) -> float:
             return x
 
         logits = model.run_with_hooks(
-            tokens, fwd_hooks=[("hook_embed", grab)], padding_side="right"
+            batch.clean_tokens, fwd_hooks=[("hook_embed", grab)], padding_side="right"
         )
-        last = torch.tensor([len(r) - 1 for r in rows])
-        logp = logits[torch.arange(len(rows)), last].log_softmax(-1)
-        m = logp[torch.arange(len(rows)), torch.tensor(list(part.answer_token))].sum()
-        torch.autograd.grad(m, embed)
+        torch.autograd.grad(answer_logprob(logits, batch).sum(), embed)
     return (time.perf_counter() - start) / len(found)
 
 

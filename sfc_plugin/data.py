@@ -152,6 +152,26 @@ def read_dataset(data: Dataset | str | Path | Sequence[dict[str, Any]]) -> Datas
     return Dataset(examples, source)
 
 
+def right_pad(
+    seqs: Sequence[Sequence[int] | Tensor], pad_id: int = 0, width: int | None = None
+) -> Int[Tensor, "batch pos"]:
+    """Token sequences right-padded with ``pad_id`` to ``width`` (default: the longest), on
+    the CPU. Under causal attention real tokens never see the padding."""
+    width = max(len(x) for x in seqs) if width is None else width
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for j, x in enumerate(seqs):
+        out[j, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+    return out
+
+
+def prepended_bos(model: HookedTransformer) -> list[int]:
+    """The BOS id ``model.to_tokens`` prepends, as a list (empty when it prepends none)."""
+    tokenizer = model.tokenizer
+    if not model.cfg.default_prepend_bos or tokenizer is None:
+        return []
+    return [int(tokenizer.bos_token_id)]  # type: ignore[arg-type]
+
+
 @dataclass
 class Batch:
     """Token tensors for a batch of rows (right-padded), as the metric sees them.
@@ -271,10 +291,7 @@ def tokenize(
     device = model.cfg.device
 
     def pad(seqs: list[Tensor]) -> Tensor:
-        out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        for j, s in enumerate(seqs):
-            out[j, : len(s)] = s
-        return out.to(device)
+        return right_pad(seqs, pad_id, width).to(device)
 
     lengths = torch.tensor([len(t) for t in clean])
     mask = torch.arange(width)[None, :] < lengths[:, None]

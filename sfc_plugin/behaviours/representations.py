@@ -43,7 +43,9 @@ from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sfc_plugin.data import Batch, prepended_bos, right_pad
 from sfc_plugin.files import check_run_settings, write_atomic
+from sfc_plugin.metrics import answer_logprob
 from sfc_plugin.sites import attach_saes, hook_sort_key, make_sites, stop_layer
 
 if TYPE_CHECKING:
@@ -85,31 +87,24 @@ def _check(kind: str, positions: str, saes: Mapping[str, SAE] | None) -> None:
         raise ValueError(f"representation {kind!r} needs saes (hook name -> SAE)")
 
 
-def _bos(model: HookedTransformer) -> list[int]:
-    """The BOS id the model prepends, as a list (empty when it prepends none)."""
-    tokenizer = model.tokenizer
-    if not model.cfg.default_prepend_bos or tokenizer is None:
-        return []
-    return [int(tokenizer.bos_token_id)]  # type: ignore[arg-type]
-
-
 def _batch(
     model: HookedTransformer, contexts: Sequence[Sequence[int]], answers: Sequence[int]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Right-padded input tokens (BOS + context), the last context index, a ``[batch, pos]``
-    mask of real non-BOS context positions, and the answers."""
-    bos = _bos(model)
+) -> tuple[Batch, Tensor]:
+    """The samples as a right-padded ``Batch`` (BOS + context; ``clean_answer`` the answer),
+    and the ``[batch, pos]`` mask of the context positions that are pooled (BOS left out)."""
+    bos = prepended_bos(model)
     rows = [bos + list(c) for c in contexts]
-    width = max(len(r) for r in rows)
-    tokens = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, : len(r)] = torch.tensor(r)
     lengths = torch.tensor([len(r) for r in rows])
-    pos = torch.arange(width)[None, :]
-    mask = (pos < lengths[:, None]) & (pos >= len(bos))
+    pos = torch.arange(int(lengths.max()))[None, :]
+    mask = pos < lengths[:, None]
     device = model.cfg.device
-    answer = torch.tensor(list(answers))
-    return tokens.to(device), (lengths - 1).to(device), mask.to(device), answer.to(device)
+    batch = Batch(
+        clean_tokens=right_pad(rows).to(device),
+        clean_answer=torch.tensor(list(answers)).to(device),
+        last=(lengths - 1).to(device),
+        mask=mask.to(device),
+    )
+    return batch, (mask & (pos >= len(bos))).to(device)
 
 
 def _pool(
@@ -126,15 +121,15 @@ def _pool(
     return (x * keep[..., None].to(x.dtype)).sum(1)
 
 
-def _answer_logprob(logits: Tensor, last: Tensor, answer: Tensor) -> Tensor:
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, last].log_softmax(-1)[rows, answer]
-
-
 def _dense_batch(
-    model: HookedTransformer, hooks: list[str], kind: str, positions: str, batch: tuple
+    model: HookedTransformer,
+    hooks: list[str],
+    kind: str,
+    positions: str,
+    batch: Batch,
+    mask: Tensor,
 ) -> list[Tensor]:
-    tokens, last, mask, answer = batch
+    tokens, last = batch.clean_tokens, batch.last
     seen: dict[str, Tensor] = {}
 
     def capture(x: Tensor, hook) -> Tensor:
@@ -151,8 +146,7 @@ def _dense_batch(
             model(tokens, stop_at_layer=_stop(model, hooks), padding_side="right")
         return [_pool(seen[h], last, mask, positions) for h in hooks]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
-        logits = model(tokens, padding_side="right")
-        m = _answer_logprob(logits, last, answer).sum()
+        m = answer_logprob(model(tokens, padding_side="right"), batch).sum()
         grads = torch.autograd.grad(m, [seen[h] for h in hooks])
     return [_pool(seen[h].detach() * g, last, mask, positions) for h, g in zip(hooks, grads)]
 
@@ -164,17 +158,21 @@ def _stop(model: HookedTransformer, hooks: list[str]) -> int | None:
 
 
 def _sae_batch(
-    model: HookedTransformer, saes: Mapping[str, SAE], kind: str, positions: str, batch: tuple
+    model: HookedTransformer,
+    saes: Mapping[str, SAE],
+    kind: str,
+    positions: str,
+    batch: Batch,
+    mask: Tensor,
 ) -> list[Tensor]:
-    tokens, last, mask, answer = batch
+    tokens, last = batch.clean_tokens, batch.last
     names = [s.hook_name for s in make_sites(model, saes)]
     if kind == "sae_activations":
         with torch.no_grad(), attach_saes(model, saes, grad=False) as acts:
             model(tokens, stop_at_layer=_stop(model, names), padding_side="right")
         return [_pool(acts.features[h], last, mask, positions) for h in names]
     with torch.enable_grad(), attach_saes(model, saes) as acts:
-        logits = model(tokens, padding_side="right")
-        m = _answer_logprob(logits, last, answer).sum()
+        m = answer_logprob(model(tokens, padding_side="right"), batch).sum()
         grads = torch.autograd.grad(m, [acts.features[h] for h in names])
     return [
         _pool(acts.features[h].detach() * g, last, mask, positions) for h, g in zip(names, grads)
@@ -248,16 +246,14 @@ def _gradient_batch(
     model: HookedTransformer,
     params: list[torch.nn.Parameter],
     projection: SparseProjection,
-    batch: tuple,
+    batch: Batch,
 ) -> list[Tensor]:
-    tokens, last, _, answer = batch
     rows = []
-    for i in range(tokens.shape[0]):
-        n = int(last[i]) + 1
+    for i in range(len(batch)):
+        one = batch.select(slice(i, i + 1))
         with torch.enable_grad():
-            logits = model(tokens[i : i + 1, :n])
-            loss = -_answer_logprob(logits, last[i : i + 1], answer[i : i + 1]).sum()
-            grads = torch.autograd.grad(loss, params)
+            logits = model(one.clean_tokens[:, : int(one.last[0]) + 1])
+            grads = torch.autograd.grad(-answer_logprob(logits, one).sum(), params)
         rows.append(projection(grads))
     return [torch.stack(rows)]
 
@@ -306,31 +302,24 @@ def represent(
     if len(samples) == 0:
         raise ValueError("no samples to represent")
     start = time.perf_counter()
+    trained: list[torch.nn.Parameter] = []  # parameters whose gradients are taken
     if kind.startswith("sae_"):
         assert saes is not None
         blocks = [(s.hook_name, s.d_sae) for s in make_sites(model, saes)]
         chosen = saes
 
-        def work(b: tuple) -> list[Tensor]:
-            return _sae_batch(model, chosen, kind, positions, b)
+        def work(b: Batch, mask: Tensor) -> list[Tensor]:
+            return _sae_batch(model, chosen, kind, positions, b, mask)
 
     elif kind == "gradients":
-        named = gradient_parameters(model, exclude)
-        if not named:
+        trained = [p for _, p in gradient_parameters(model, exclude)]
+        if not trained:
             raise ValueError(f"every parameter matches exclude={exclude!r}")
-        params = [p for _, p in named]
-        projection = SparseProjection([p.numel() for p in params], n_projections, density, seed)
+        projection = SparseProjection([p.numel() for p in trained], n_projections, density, seed)
         blocks = [("projection", n_projections)]
-        flags = [p.requires_grad for p in params]
 
-        def work(b: tuple) -> list[Tensor]:
-            for p in params:
-                p.requires_grad_(True)
-            try:
-                return _gradient_batch(model, params, projection, b)
-            finally:
-                for p, flag in zip(params, flags):
-                    p.requires_grad_(flag)
+        def work(b: Batch, mask: Tensor) -> list[Tensor]:
+            return _gradient_batch(model, trained, projection, b)
 
     else:
         names = list(hooks) if hooks else _default_hooks(model, saes)
@@ -338,10 +327,10 @@ def represent(
         if missing:
             raise ValueError(f"hooks {missing} are not hooks of this model")
         names.sort(key=hook_sort_key)
-        blocks = [(h, _hook_width(model, h)) for h in names]
+        blocks = list(zip(names, _hook_widths(model, names)))
 
-        def work(b: tuple) -> list[Tensor]:
-            return _dense_batch(model, names, kind, positions, b)
+        def work(b: Batch, mask: Tensor) -> list[Tensor]:
+            return _dense_batch(model, names, kind, positions, b, mask)
 
     settings = {
         "model": getattr(model.cfg, "model_name", None),
@@ -363,6 +352,8 @@ def represent(
     bar = tqdm(total=len(samples), desc=f"{kind} ({positions})", disable=not progress)
     old_flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
     try:
         for k, lo in enumerate(range(0, len(samples), samples_per_shard)):
             hi = min(lo + samples_per_shard, len(samples))
@@ -374,8 +365,8 @@ def represent(
             rows = []
             for b in range(lo, hi, batch_size):
                 e = min(b + batch_size, hi)
-                batch = _batch(model, contexts[b:e], answers[b:e])
-                vectors = torch.cat([v.float().cpu() for v in work(batch)], dim=-1)
+                vectors = work(*_batch(model, contexts[b:e], answers[b:e]))
+                vectors = torch.cat([v.float().cpu() for v in vectors], dim=-1)
                 rows.append(scipy.sparse.csr_matrix(vectors.numpy()) if sparse else vectors.numpy())
                 bar.update(e - b)
             shard = scipy.sparse.vstack(rows, format="csr") if sparse else np.concatenate(rows)
@@ -403,16 +394,18 @@ def _default_hooks(model: HookedTransformer, saes: Mapping[str, SAE] | None) -> 
     return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
 
 
-def _hook_width(model: HookedTransformer, hook: str) -> int:
-    with torch.no_grad():
-        seen: dict[str, int] = {}
+def _hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> list[int]:
+    """Values per position at each hook, read off one forward of one token."""
+    seen: dict[str, int] = {}
 
-        def width(x: Tensor, hook) -> None:
-            seen["d"] = int(np.prod(x.shape[2:]))
+    def width(x: Tensor, hook) -> None:
+        seen[hook.name] = int(np.prod(x.shape[2:]))
 
-        with model.hooks(fwd_hooks=[(hook, width)]):
-            model(torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device))
-    return seen["d"]
+    fwd: list[tuple[Any, Callable]] = [(h, width) for h in hooks]
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+        tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
+        model(tokens, stop_at_layer=_stop(model, list(hooks)))
+    return [seen[h] for h in hooks]
 
 
 def _digest(samples: pd.DataFrame) -> str:

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from sfc_plugin.data import prepended_bos, right_pad
 from sfc_plugin.datasets.text import SAMPLE, read_texts
 from sfc_plugin.files import check_run_settings, read_document, write_document
 
@@ -139,9 +140,7 @@ def _shard_samples(
     batch_size: int,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Kept samples of one shard of documents, and its counts (``COUNTS``)."""
-    tokenizer = model.tokenizer
-    assert tokenizer is not None
-    bos: list[int] = [int(tokenizer.bos_token_id)] if model.cfg.default_prepend_bos else []  # type: ignore[arg-type]
+    bos = prepended_bos(model)
     counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
     windows: list[tuple[int, int, list[int]]] = []  # (document, start, doc tokens)
     for d, text in enumerate(docs):
@@ -154,11 +153,7 @@ def _shard_samples(
     device = model.cfg.device
     for b in range(0, len(windows), batch_size):
         chunk = windows[b : b + batch_size]
-        inputs = [bos + ids[s : s + settings.max_context] for _, s, ids in chunk]
-        width = max(len(x) for x in inputs)
-        tokens = torch.zeros(len(inputs), width, dtype=torch.long)
-        for i, x in enumerate(inputs):
-            tokens[i, : len(x)] = torch.tensor(x)
+        tokens = right_pad([bos + ids[s : s + settings.max_context] for _, s, ids in chunk])
         with torch.no_grad():
             logp = model(tokens.to(device), padding_side="right").log_softmax(-1)
         for i, (doc, s, ids) in enumerate(chunk):

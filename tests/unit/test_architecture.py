@@ -33,9 +33,11 @@ ALLOWED: dict[str, set[str]] = {
     "behaviours": {
         "files",
         "circuit",
+        "data",
         "datasets",
         "evaluation",
         "frontend",
+        "metrics",
         "sites",
     },
     "experiments": {
