@@ -250,7 +250,9 @@ def samples(
         One row per sample, columns ``SAMPLE_COLUMNS``: ``sample`` (0..n-1), ``document``
         (index in ``texts``), ``position`` (the answer's token index in the document),
         ``n_context``, ``context`` and ``answer`` (text), ``answer_token``, ``loss``,
-        ``context_tokens``. ``frame.attrs["counts"]`` holds the counts of every filter.
+        ``context_tokens``. ``frame.attrs["counts"]`` holds the counts of every filter over
+        the documents scanned, ``frame.attrs["found"]`` the samples they gave (before the
+        cut to ``max_samples``).
     """
     settings = SampleSettings(
         loss_threshold, min_context, max_context, induction, one_per_document, seed
@@ -295,11 +297,13 @@ def samples(
             break
     bar.close()
     _check_found(rows, counts, settings)
+    found_in_scan = len(rows)
     if max_samples is not None:
         rows = rows[:max_samples]
     frame = pd.DataFrame(rows, columns=[c for c in SAMPLE_COLUMNS if c != "sample"])
     frame.insert(0, "sample", range(len(frame)))
     frame.attrs["counts"] = counts
+    frame.attrs["found"] = found_in_scan
     frame.attrs["settings"] = key
     return frame
 
@@ -332,9 +336,10 @@ def _check_found(rows: list, counts: dict[str, int], settings: SampleSettings) -
 
 
 def samples_per_100k_tokens(frame: pd.DataFrame) -> float:
-    """Kept samples per 100,000 target tokens scanned (``frame.attrs["counts"]``)."""
-    counts = frame.attrs["counts"]
-    return 1e5 * len(frame) / max(counts["targets"], 1)
+    """Samples per 100,000 target tokens scanned: the samples all scanned documents gave
+    (``frame.attrs["found"]``, not the ``max_samples`` cut) over their targets."""
+    found = frame.attrs.get("found", len(frame))
+    return 1e5 * found / max(frame.attrs["counts"]["targets"], 1)
 
 
 def sample_rows(frame: pd.DataFrame) -> list[dict[str, str]]:

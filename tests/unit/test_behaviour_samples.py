@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from sfc_plugin.behaviours.sampling import is_induction, samples
+from sfc_plugin.behaviours.sampling import is_induction, samples, samples_per_100k_tokens
 
 # the package exports the function ``samples``, which shadows the module's name
 samples_module = importlib.import_module("sfc_plugin.behaviours.sampling")
@@ -224,6 +224,14 @@ def test_one_per_document_and_max_samples(setup):
     # stops after the shard (here: document) that reaches n samples
     reached = int((per_doc.cumsum() >= n).idxmax())
     assert capped.attrs["counts"]["documents"] == reached + 1 < len(TEXTS)
+    # the rate counts every sample of the scanned documents, not the max_samples cut
+    scanned = full[full.document <= reached]
+    targets = capped.attrs["counts"]["targets"]
+    assert len(scanned) > n
+    assert samples_per_100k_tokens(capped) == pytest.approx(1e5 * len(scanned) / targets)
+    assert samples_per_100k_tokens(full) == pytest.approx(
+        1e5 * len(full) / full.attrs["counts"]["targets"]
+    )
 
 
 def test_shards_resume_and_refuse_other_settings(setup, tmp_path, monkeypatch):
