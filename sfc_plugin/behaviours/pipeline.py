@@ -86,10 +86,8 @@ class Behaviours:
         )
 
 
-def _clustering(
-    out: Path, reps: Representations, settings: BehaviourSettings
-) -> tuple[Clustering, bool]:
-    """The clustering stored at ``out`` for these settings, or a new one (and whether new)."""
+def _clustering(out: Path, reps: Representations, settings: BehaviourSettings) -> Clustering:
+    """The clustering stored at ``out`` for these settings, or a new one (then stored)."""
     key = {
         "k": settings.k,
         "method": settings.cluster_method,
@@ -101,7 +99,7 @@ def _clustering(
         doc = read_document(path, CLUSTERS_SCHEMA, CLUSTERS_VERSION, "clusters")
         if json.loads(json.dumps(key)) == doc["settings"]:
             c = doc["clustering"]
-            return Clustering(np.asarray(c["labels"]), c["method"], c["k"], c["seconds"]), False
+            return Clustering(np.asarray(c["labels"]), c["method"], c["k"], c["seconds"])
     result = cluster(reps, settings.k, method=settings.cluster_method, seed=settings.seed)
     body = {
         "settings": key,
@@ -113,7 +111,7 @@ def _clustering(
         },
     }
     write_document(path, CLUSTERS_SCHEMA, CLUSTERS_VERSION, body)
-    return result, True
+    return result
 
 
 def find_behaviours(
@@ -176,7 +174,7 @@ def find_behaviours(
     timings["representations"] = time.perf_counter() - t0
     run_dir = out / f"k{settings.k}"
     t0 = time.perf_counter()
-    clustering, _ = _clustering(run_dir, reps, settings)
+    clustering = _clustering(run_dir, reps, settings)
     timings["clustering"] = time.perf_counter() - t0
     table = cluster_table(found, clustering, reps, seed=settings.seed)
     explained = [int(c) for c in table.cluster[table["size"] >= 2][: settings.n_circuits]]
