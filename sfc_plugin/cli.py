@@ -389,7 +389,15 @@ def _corpus_parser(sub: Any) -> None:
 
 
 def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    """``"2,5,8"`` or ranges, ``"0-29"`` (inclusive), or both: ``"0-3,8"``."""
+    out: list[int] = []
+    for part in (x.strip() for x in text.split(",")):
+        if "-" in part[1:]:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
 
 
 def _str_list(text: str) -> list[str]:
@@ -415,7 +423,23 @@ def _train_parser(sub: Any) -> None:
         "--hooks",
         type=_str_list,
         default="attn_out,mlp_out,resid_post",
-        help="hook kinds, comma-separated, from resid_pre,attn_out,resid_mid,mlp_out,resid_post",
+        help="hook kinds, comma-separated, from resid_pre,attn_out,resid_mid,mlp_out,resid_post "
+        "('' for none: transcoders only)",
+    )
+    p.add_argument(
+        "--transcoders",
+        type=_int_list,
+        default="",
+        help="layers to train an MLP transcoder at, in the same pass (e.g. 0-29); BatchTopK, "
+        "saved as SAELens JumpReLU transcoders in OUT/transcoders/<hook_mlp_out>/",
+    )
+    p.add_argument(
+        "--transcoder-read",
+        default="ln2.hook_normalized",
+        help="the hook in each block a transcoder reads (its MLP's input)",
+    )
+    p.add_argument(
+        "--transcoder-skip", action="store_true", help="give transcoders an affine skip connection"
     )
     p.add_argument("--d-sae", type=int, default=1152, help="features per SAE")
     p.add_argument(
@@ -646,7 +670,7 @@ def _run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.warning("stopped; --resume continues from the last complete checkpoint")
         return 130
-    for hook, res in record["saes"].items():
+    for hook, res in [*record["saes"].items(), *record.get("transcoders", {}).items()]:
         line = f"{hook}: L0 {res['l0_last_window']}, dead {res['dead_fraction']:.1%}"
         if "heldout" in res:
             h = res["heldout"]
@@ -655,9 +679,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 f"CE recovered {h['ce_loss_score']:.3f}, L0 {h['l0']:.1f}"
             )
         print(line)
-    print(
-        f"saved to {Path(args.out) / trainer.SAES_DIR} ({record['wall_time_s']:.0f} s of training)"
-    )
+    print(f"saved to {Path(args.out)} ({record['wall_time_s']:.0f} s of training)")
     return 0
 
 

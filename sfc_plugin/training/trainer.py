@@ -6,7 +6,8 @@ Command (``train(TrainConfig(corpus=DIR, out=DIR, ...))`` from Python)::
         [--hooks attn_out,mlp_out,resid_post] [--d-sae 1152] [--architecture topk] [--k 32]
         [--tokens N] [--context-size 128] [--batch-size 4096] [--lm-batch-size 32]
         [--buffer-tokens 8192] [--lr 1e-3] [--checkpoint-every N] [--seed 0] [--resume]
-        [--eval-batches 0]
+        [--eval-batches 0] [--transcoders 0-29] [--transcoder-read ln2.hook_normalized]
+        [--transcoder-skip]
 
 What it does:
 
@@ -35,7 +36,15 @@ What it does:
    kept: in a context that starts mid-document, a punctuation token at positions 1-3 often
    gets a residual norm of ~100x the median from layer ~10 on (about 1 token in 500), and these
    dominate the variance (and so variance explained) of those hooks.
-4. Saves each SAE in SAELens' inference format (``save_inference_model``: TopK decoder norms
+4. Trains one transcoder per layer in ``--transcoders`` in the same model pass: it reads
+   ``blocks.{L}.<--transcoder-read>`` (the MLP's input; ``ln2.hook_normalized`` by default,
+   as Dunefsky et al. and Gemma Scope) and predicts ``blocks.{L}.hook_mlp_out``. They are
+   BatchTopK (``k`` features per token on average, ``d_sae`` wide) with the training class of
+   ``sfc_plugin.training.transcoder``, optionally with an affine skip connection, and are
+   saved as SAELens ``JumpReLUTranscoder`` (``JumpReLUSkipTranscoder``) directories under
+   ``OUT/transcoders/<write hook>/`` (``cfg.metadata.hook_name`` the read hook,
+   ``hook_name_out`` the written one). ``--hooks ''`` trains transcoders only.
+5. Saves each SAE in SAELens' inference format (``save_inference_model``: TopK decoder norms
    folded in, loadable with ``SAE.load_from_disk``, ``cfg.metadata.hook_name`` is the
    TransformerLens hook) to ``OUT/saes/<hook_name>/``, and writes ``OUT/train_config.json``
    (every argument, corpus manifest and hash, token counts, wall time, peak memory,
@@ -66,7 +75,8 @@ were in it (at most ``--buffer-tokens``) are skipped. ``--resume`` refuses to co
 training argument, the corpus (SHA-256 of ``train.jsonl``) or the resulting training contexts
 differ from the original run's.
 
-Memory. The multi-hook buffer holds ``--buffer-tokens`` tokens for every hook at once
+Memory. The multi-hook buffer holds ``--buffer-tokens`` tokens for every hook at once (a
+transcoder needs its read and its written hook)
 (``n_hooks * d_in * 4`` bytes per token: 69 KB for 30 hooks of width 576, so 0.57 GB for the
 default 8192 tokens). SAELens' mixing step concatenates and permutes it, and batches served
 from it are views that keep an older permuted copy alive, so about three copies plus one model
@@ -124,6 +134,8 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from tqdm.auto import tqdm
 
+from sfc_plugin.training.transcoder import BatchTopKTrainingTranscoderConfig
+
 __all__ = [
     "DEFAULT_HOOK_KINDS",
     "DEFAULT_LAYERS",
@@ -146,6 +158,9 @@ ARCHITECTURES = {"topk": TopKTrainingSAEConfig, "batchtopk": BatchTopKTrainingSA
 CONFIG_FILE = "train_config.json"
 ARGS_FILE = "train_args.json"
 SAES_DIR = "saes"
+TRANSCODERS_DIR = "transcoders"
+TRANSCODER_SUFFIX = ".transcoder"  # trainer name of a transcoder: its write hook + this
+TRANSCODER_WRITE = "hook_mlp_out"
 CHECKPOINTS_DIR = "checkpoints"
 MARKER_FILE = "sfc_checkpoint.json"
 RNG_FILE = "torch_rng_state.pt"
@@ -205,18 +220,31 @@ class TrainConfig:
     exclude_bos: bool = True
     eval_batches: int = 0
     eval_batch_size: int = 8
+    transcoders: list[int] = field(default_factory=list)
+    transcoder_read: str = "ln2.hook_normalized"
+    transcoder_skip: bool = False
     resume: bool = False
 
     def __post_init__(self) -> None:
         self.corpus, self.out = str(self.corpus), str(self.out)
         self.layers, self.hooks = list(self.layers), list(self.hooks)
+        self.transcoders = list(self.transcoders)
         bad_kinds = [h for h in self.hooks if h not in HOOK_KINDS]
-        if bad_kinds or not self.hooks:
+        if bad_kinds:
             raise ValueError(
                 f"hooks: unknown kind(s) {bad_kinds}; choose from {','.join(HOOK_KINDS)}"
             )
-        if not self.layers:
+        if not self.hooks and not self.transcoders:
+            raise ValueError("nothing to train: hooks and transcoders are both empty")
+        if self.hooks and not self.layers:
             raise ValueError("layers is empty")
+        if any(layer < 0 for layer in self.transcoders):
+            raise ValueError(f"transcoders: negative layer in {self.transcoders}")
+        if self.transcoder_read.startswith(("blocks.", "hook_mlp_out")):
+            raise ValueError(
+                f"transcoder_read {self.transcoder_read!r}: give the hook inside the block "
+                "(e.g. ln2.hook_normalized or hook_mlp_in)"
+            )
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"architecture: {self.architecture!r}; choose from {', '.join(ARCHITECTURES)}"
@@ -237,6 +265,17 @@ class TrainConfig:
 def hook_names(layers: Sequence[int], kinds: Sequence[str]) -> list[str]:
     """``blocks.{L}.hook_{kind}`` for every layer and kind, in layer order."""
     return [f"blocks.{layer}.hook_{kind}" for layer in layers for kind in kinds]
+
+
+def transcoder_hooks(config: TrainConfig) -> dict[str, tuple[str, str]]:
+    """Trainer name -> (read hook, write hook) of each transcoder of the run."""
+    return {
+        f"blocks.{layer}.{TRANSCODER_WRITE}{TRANSCODER_SUFFIX}": (
+            f"blocks.{layer}.{config.transcoder_read}",
+            f"blocks.{layer}.{TRANSCODER_WRITE}",
+        )
+        for layer in config.transcoders
+    }
 
 
 # ------------------------------------------------------------------------------------ corpus
@@ -378,9 +417,30 @@ class _StoppableIterator:
         return batch
 
 
+class _WithTranscoderBatches:
+    """Adds, to each multi-hook batch, ``batch[name] = [x_read | x_written]`` for every
+    transcoder ``name -> (read hook, write hook)``: the one tensor its trainer steps on."""
+
+    def __init__(
+        self, source: Iterator[dict[str, torch.Tensor]], transcoders: dict[str, tuple[str, str]]
+    ) -> None:
+        self.source = source
+        self.transcoders = transcoders
+
+    def __iter__(self) -> _WithTranscoderBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = next(self.source)
+        for name, (read, write) in self.transcoders.items():
+            batch[name] = torch.cat([batch[read], batch[write]], dim=-1)
+        return batch
+
+
 class _Runner(MultiSAETrainingRunner):
     """``MultiSAETrainingRunner`` with step-boundary interrupts, resumable checkpoint
-    schedule, complete-checkpoint markers with pruning, and a per-step progress bar."""
+    schedule, complete-checkpoint markers with pruning, a per-step progress bar, and
+    transcoders (fed by their read and written hooks)."""
 
     def __init__(
         self,
@@ -390,8 +450,21 @@ class _Runner(MultiSAETrainingRunner):
         model: Any,
         checkpoint_every: int,
         elapsed_before: float,
+        transcoders: dict[str, tuple[str, str]],
+        widths: dict[str, int],
     ) -> None:
         super().__init__(cfg, override_dataset=dataset, override_model=model)
+        self.transcoders = transcoders
+        if transcoders:
+            # SAELens' store caches the hooks its SAEs read; transcoders need their written
+            # hooks too, so the store is rebuilt with every hook of the run.
+            hooks = list(
+                dict.fromkeys(
+                    [*cfg.hook_names_per_sae.values()]
+                    + [write for _, write in transcoders.values()]
+                )
+            )
+            self.activations_store = _multi_hook_store(cfg, model, dataset, hooks, widths)
         self.checkpoint_every = checkpoint_every
         self.elapsed_before = elapsed_before
         self.started = time.monotonic()
@@ -419,7 +492,11 @@ class _Runner(MultiSAETrainingRunner):
             [t - 1 for t in range(every, total, every) if t > start] if every else []
         )
         stop = _StopRequest()
-        trainer.data_provider = _StoppableIterator(trainer.data_provider, stop)
+        source = trainer.data_provider
+        if self.transcoders:
+            source = _WithTranscoderBatches(source, self.transcoders)
+            trainer.hook_names.update({name: name for name in self.transcoders})
+        trainer.data_provider = _StoppableIterator(source, stop)
         trainer._update_pbar = self._update_pbar  # type: ignore[method-assign]
         with stop.installed():
             try:
@@ -465,16 +542,51 @@ class _Runner(MultiSAETrainingRunner):
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def _multi_hook_store(
+    cfg: MultiSAETrainingRunnerConfig,
+    model: Any,
+    dataset: Dataset,
+    hooks: list[str],
+    widths: dict[str, int],
+) -> ActivationsStore:
+    """The activation store ``MultiSAETrainingRunner`` builds from ``cfg``, for ``hooks``."""
+    exclude = cfg.exclude_special_tokens
+    return ActivationsStore.from_config_multi_hook(
+        model=model,
+        dataset=dataset,
+        hook_names=hooks,
+        hook_d_ins={hook: widths[hook] for hook in hooks},
+        hook_head_indices={hook: None for hook in hooks},
+        streaming=cfg.streaming,
+        context_size=cfg.context_size,
+        n_batches_in_buffer=cfg.n_batches_in_buffer,
+        total_training_tokens=cfg.training_tokens,
+        store_batch_size_prompts=cfg.store_batch_size_prompts,
+        train_batch_size_tokens=cfg.train_batch_size_tokens,
+        prepend_bos=cfg.prepend_bos,
+        normalize_activations="none",
+        device=torch.device(str(cfg.act_store_device)),
+        dtype=cfg.dtype,
+        exclude_special_tokens=torch.tensor(exclude, device=str(cfg.act_store_device))
+        if isinstance(exclude, list)
+        else None,
+        sequence_separator_token=cfg.sequence_separator_token,
+        activations_mixing_fraction=cfg.activations_mixing_fraction,
+    )
+
+
 # ---------------------------------------------------------------------------------- training
 
 
 def _sae_configs(
-    config: TrainConfig, hooks: Sequence[str], d_in: int
+    config: TrainConfig, hooks: Sequence[str], widths: dict[str, int]
 ) -> dict[str, TrainingSAEConfig]:
+    """Training configs: one SAE per hook in ``hooks``, then one transcoder per layer of
+    ``config.transcoders``; ``widths`` maps each hook to its width per position."""
     cfg_cls = ARCHITECTURES[config.architecture]
-    return {
+    configs: dict[str, TrainingSAEConfig] = {
         hook: cfg_cls(
-            d_in=d_in,
+            d_in=widths[hook],
             d_sae=config.d_sae,
             k=config.k,
             normalize_activations="expected_average_only_in",
@@ -483,12 +595,26 @@ def _sae_configs(
         )
         for hook in hooks
     }
+    for name, (read, write) in transcoder_hooks(config).items():
+        tc = BatchTopKTrainingTranscoderConfig(
+            d_in=widths[read],
+            d_out=widths[write],
+            d_sae=config.d_sae,
+            k=config.k,
+            skip=config.transcoder_skip,
+            normalize_activations="expected_average_only_in",
+            dtype="float32",
+            device=config.device,
+        )
+        tc.metadata.hook_name_out = write
+        configs[name] = tc
+    return configs
 
 
 def _runner_config(
     config: TrainConfig,
     hooks: Sequence[str],
-    d_in: int,
+    widths: dict[str, int],
     bos_id: int,
     training_tokens: int,
     checkpoint_dir: Path,
@@ -497,8 +623,10 @@ def _runner_config(
     n_steps = training_tokens // config.batch_size
     window_steps = max(1, DEAD_WINDOW_TOKENS // config.batch_size)
     cfg = MultiSAETrainingRunnerConfig(
-        saes=_sae_configs(config, hooks, d_in),
-        hook_names={hook: hook for hook in hooks},
+        saes=_sae_configs(config, hooks, widths),
+        # A transcoder is fed by its read hook here; _Runner adds its written hook.
+        hook_names={hook: hook for hook in hooks}
+        | {name: read for name, (read, _) in transcoder_hooks(config).items()},
         model_name=config.model,
         model_class_name="HookedSAETransformer",
         model_from_pretrained_kwargs={},
@@ -533,6 +661,13 @@ def _runner_config(
     # __post_init__ appends a random run id to checkpoint_path; resuming needs a fixed path.
     cfg.checkpoint_path = str(checkpoint_dir)
     return cfg
+
+
+def _hook_widths(model: Any, hooks: Sequence[str]) -> dict[str, int]:
+    """Width per position of each hook, from one forward of a single token."""
+    tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=list(hooks), return_type=None)
+    return {hook: cache[hook][0, 0].numel() for hook in hooks}
 
 
 def _norm_estimate_batches(batch_size: int, training_tokens: int) -> int:
@@ -723,14 +858,16 @@ def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
 
         model = load_model(config.model, device=config.device)
     hooks = hook_names(config.layers, config.hooks)
-    missing = [h for h in hooks if h not in model.hook_dict]
+    transcoders = transcoder_hooks(config)
+    all_hooks = list(dict.fromkeys(hooks + [h for pair in transcoders.values() for h in pair]))
+    missing = [h for h in all_hooks if h not in model.hook_dict]
     if missing:
         raise ValueError(f"hooks not in the model: {missing}")
     tokenizer = model.tokenizer
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
         raise ValueError("the model's tokenizer has no BOS token")
-    d_in = model.cfg.d_model
+    widths = _hook_widths(model, all_hooks)
     training_tokens = math.ceil(config.tokens / config.batch_size) * config.batch_size
 
     t0 = time.monotonic()
@@ -740,13 +877,15 @@ def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
     tokenize_s = time.monotonic() - t0
 
     cfg = _runner_config(
-        config, hooks, d_in, bos_id, training_tokens, out / CHECKPOINTS_DIR, resume_from
+        config, hooks, widths, bos_id, training_tokens, out / CHECKPOINTS_DIR, resume_from
     )
     buffer_tokens = cfg.n_batches_in_buffer * config.context_size
-    buffer_gb = buffer_tokens * len(hooks) * d_in * 4 / 1e9
+    buffer_gb = buffer_tokens * sum(widths.values()) * 4 / 1e9
     logger.info(
-        "training %d SAEs on %d tokens (%d steps); shuffle buffer %d tokens = %.2f GB",
+        "training %d SAEs and %d transcoders on %d tokens (%d steps); shuffle buffer %d "
+        "tokens = %.2f GB",
         len(hooks),
+        len(transcoders),
         training_tokens,
         training_tokens // config.batch_size,
         buffer_tokens,
@@ -760,6 +899,8 @@ def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
             model=model,
             checkpoint_every=config.checkpoint_every,
             elapsed_before=elapsed_before,
+            transcoders=transcoders,
+            widths=widths,
         )
         session_start = time.monotonic()
         saes = runner.run()
@@ -768,22 +909,32 @@ def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
         trained_this_session = runner.trainer.n_training_samples - runner.start_samples
 
         trainers = runner.trainer.trainers
-        results: dict[str, dict[str, Any]] = {
-            hook: {
-                "path": str(Path(SAES_DIR) / hook),
-                "l0_last_window": sae.cfg.metadata.l0,
-                "dead_features": sae.cfg.metadata.num_dead_features,
-                "dead_fraction": (sae.cfg.metadata.num_dead_features or 0) / config.d_sae,
-                "unfired_last_window": int((trainers[hook].feature_sparsity == 0).sum()),
+
+        def summary(name: str, path: Path) -> dict[str, Any]:
+            meta = saes[name].cfg.metadata
+            return {
+                "path": str(path),
+                "l0_last_window": meta.l0,
+                "dead_features": meta.num_dead_features,
+                "dead_fraction": (meta.num_dead_features or 0) / config.d_sae,
+                "unfired_last_window": int((trainers[name].feature_sparsity == 0).sum()),
             }
-            for hook, sae in saes.items()
-        }
+
+        results = {hook: summary(hook, Path(SAES_DIR) / hook) for hook in hooks}
+        transcoder_results = {}
+        for name, (_, write) in transcoders.items():
+            dest = out / TRANSCODERS_DIR / write
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / SAES_DIR / name, dest)
+            transcoder_results[write] = summary(name, Path(TRANSCODERS_DIR) / write)
         manifest_path = corpus / MANIFEST_FILE
         record = {
             "args": asdict(config),
             "argv": sys.argv,
             "hook_names": hooks,
-            "architecture": saes[hooks[0]].cfg.architecture(),
+            "architecture": config.architecture if hooks else None,
+            "transcoder_hooks": {write: read for read, write in transcoders.values()},
             "corpus": {
                 "dir": str(corpus.resolve()),
                 "train_sha256": corpus_sha,
@@ -817,6 +968,7 @@ def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
             },
             "versions": _versions(),
             "saes": results,
+            "transcoders": transcoder_results,
         }
         # The run is complete from here on: evals below are an optional extra.
         _write_json(out / CONFIG_FILE, record)

@@ -202,6 +202,64 @@ def test_train_interrupt_crash_resume(real_model, corpus, tmp_path, monkeypatch)
 
 
 @pytest.mark.real_model
+def test_transcoders_train_beside_an_sae_interrupt_and_resume(
+    real_model, corpus, tmp_path, monkeypatch
+):
+    """Transcoders at layers 0 and 1 (ln2.hook_normalized -> hook_mlp_out) train in the same
+    pass as an mlp_out SAE at layer 1; Ctrl-C checkpoints them all, --resume finishes. They
+    are saved as SAELens JumpReLU transcoders under OUT/transcoders/, load with load_saes
+    (keyed by the hook they write, separately from the SAE at that hook), keep L0 near k,
+    and work as sites beside the SAE."""
+    out = tmp_path / "run"
+    options = dict(hooks=("mlp_out",), transcoders=[0, 1], architecture="batchtopk")
+    _stop_at(monkeypatch, 10 * BATCH, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(InterruptedException):
+        T.train(_config(corpus, out, **options), model=real_model)
+    names = {p.name for p in (out / T.CHECKPOINTS_DIR / "1280").iterdir() if p.is_dir()}
+    assert names == {
+        HOOKS[1],
+        "blocks.0.hook_mlp_out.transcoder",
+        "blocks.1.hook_mlp_out.transcoder",
+    }
+    monkeypatch.undo()
+    record = T.train(_config(corpus, out, resume=True, **options), model=real_model)
+    assert record["training_tokens"] == TOKENS and record["resumed_from"].endswith("1280")
+    assert record["transcoder_hooks"] == {
+        f"blocks.{L}.hook_mlp_out": f"blocks.{L}.ln2.hook_normalized" for L in (0, 1)
+    }
+    assert set(record["saes"]) == {HOOKS[1]}
+    assert not (out / T.SAES_DIR / "blocks.1.hook_mlp_out.transcoder").exists()
+
+    from sfc_plugin.dictionaries import load_saes
+
+    transcoders = load_saes(out / T.TRANSCODERS_DIR)
+    assert list(transcoders) == ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
+    assert list(load_saes(out / T.SAES_DIR)) == [HOOKS[1]]
+    for L in (0, 1):
+        tc = transcoders[f"blocks.{L}.hook_mlp_out"]
+        assert type(tc).__name__ == "JumpReLUTranscoder" and tc.cfg.d_sae == 32
+        assert record["transcoders"][f"blocks.{L}.hook_mlp_out"]["l0_last_window"] == (
+            pytest.approx(4, abs=1)
+        )
+        assert (tc.cfg.d_in, tc.cfg.d_out) == (576, 576)
+        assert tc.cfg.metadata.hook_name == f"blocks.{L}.ln2.hook_normalized"
+    # Learning the written activation is checked in tests/unit/test_transcoders.py; 24 steps
+    # of 128 tokens are too few to beat simple baselines on the real model.
+    from sfc_plugin.sites import attach_saes
+
+    mixed = {"blocks.0.hook_mlp_out": transcoders["blocks.0.hook_mlp_out"]} | load_saes(
+        out / T.SAES_DIR
+    )
+    tokens = real_model.to_tokens("The old teacher walks slowly to the market.")
+    with torch.no_grad():
+        plain = real_model(tokens)
+        with attach_saes(real_model, mixed, grad=False) as acts:
+            attached = real_model(tokens)
+    assert torch.equal(plain, attached)
+    assert (acts.features["blocks.0.hook_mlp_out"] > 0).sum(-1)[0, 1:].float().mean() > 0
+
+
+@pytest.mark.real_model
 def test_same_seed_same_saes_and_evals(real_model, corpus, tmp_path):
     weights = []
     for name, seed, extra in (
