@@ -238,6 +238,18 @@ def decode(site: Site, f: Float[Tensor, "batch pos d_sae"]) -> Float[Tensor, "ba
     return _flat(site.sae.decode(f.to(site.sae.dtype))).to(f.dtype)
 
 
+def prediction(
+    site: Site, f: Float[Tensor, "batch pos d_sae"], x_in: Tensor
+) -> Float[Tensor, "batch pos d_out"]:
+    """The dictionary's own prediction of the written activation: ``decode(f)``, plus the
+    skip term ``x_in W_skip^T`` of a skip transcoder (which sites count as error)."""
+    out = decode(site, f)
+    w_skip = getattr(site.sae, "W_skip", None)
+    if isinstance(w_skip, Tensor):
+        out = out + (_flat(x_in).to(w_skip.dtype) @ w_skip.T).to(out.dtype)
+    return out
+
+
 def compose(
     site: Site,
     f: Float[Tensor, "batch pos d_sae"],

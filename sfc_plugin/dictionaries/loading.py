@@ -10,6 +10,9 @@ computes those hooks (see :func:`sfc_plugin.sites.hook_sort_key`). Accepted sour
   ``sae_ids`` choosing some of its SAEs (all of them if ``None``);
 * a directory written by ``SAE.save_model`` (``cfg.json`` + ``sae_weights.safetensors``),
   a directory whose immediate subdirectories are such directories, or a list of either;
+* Dunefsky et al.'s transcoder files (``final_sparse_autoencoder_<model>_blocks.<L>.<hook>_
+  <d_sae>.pt``, see :mod:`~sfc_plugin.dictionaries.dunefsky`): one file, or a directory
+  holding them (beside or instead of ``save_model`` subdirectories);
 * SAE objects: one ``SAE``, a list of them, or a dict ``hook_name -> SAE``.
 
 Bundled releases are plain directories of ``SAE.save_model`` subdirectories, one per SAE id
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 from sae_lens import SAE, Transcoder
 
+from sfc_plugin.dictionaries.dunefsky import is_dunefsky_file, load_dunefsky_transcoder
 from sfc_plugin.sites import hook_sort_key
 
 __all__ = [
@@ -185,25 +189,32 @@ def _load_sae_dir(path: Path, device: str, dtype: str) -> SAE:
 
 
 def _load_path(path: str | os.PathLike, device: str, dtype: str) -> list[tuple[str, SAE]]:
-    """Load an SAE directory, or every SAE subdirectory of a directory."""
+    """Load an SAE directory, a Dunefsky file, or every SAE subdirectory and Dunefsky file of
+    a directory."""
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"SAE path {str(path)!r} does not exist")
+    if p.is_file() and is_dunefsky_file(p):
+        return [(str(p), load_dunefsky_transcoder(p, device, dtype))]
     if not p.is_dir():
         raise ValueError(
             f"SAE path {str(path)!r} is not a directory; expected a directory saved by "
-            f"SAE.save_model (with {SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME}) or a "
-            "directory of such directories"
+            f"SAE.save_model (with {SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME}), a "
+            "directory of such directories, or a Dunefsky transcoder file "
+            "(final_sparse_autoencoder_<model>_<hook>_<d_sae>.pt)"
         )
     if _is_sae_dir(p):
         return [(str(p), _load_sae_dir(p, device, dtype))]
     subdirs = sorted(c for c in p.iterdir() if c.is_dir() and _is_sae_dir(c))
-    if not subdirs:
+    pt_files = sorted(c for c in p.iterdir() if c.is_file() and is_dunefsky_file(c))
+    if not subdirs and not pt_files:
         raise ValueError(
             f"directory {str(path)!r} holds no SAE: neither it nor any immediate subdirectory "
-            f"contains {SAE_CFG_FILENAME}"
+            f"contains {SAE_CFG_FILENAME}, and it holds no Dunefsky transcoder file"
         )
-    return [(str(c), _load_sae_dir(c, device, dtype)) for c in subdirs]
+    return [(str(c), _load_sae_dir(c, device, dtype)) for c in subdirs] + [
+        (str(c), load_dunefsky_transcoder(c, device, dtype)) for c in pt_files
+    ]
 
 
 def _load_bundled(

@@ -1,13 +1,16 @@
-"""How good is a dictionary? Reconstruction and sparsity of SAEs on held-out text.
+"""How good is a dictionary? Reconstruction and sparsity of SAEs and transcoders on held-out
+text.
 
-For each SAE, over the real tokens of held-out texts (BOS positions excluded: the BOS
+For each dictionary, over the real tokens of held-out texts (BOS positions excluded: the BOS
 activation is an attention-sink outlier that SAEs are not trained on, and it is kept as is
-when an SAE is spliced in):
+when a dictionary is spliced in). ``x`` is the written activation (for a transcoder, the MLP
+output) and ``x_hat`` the dictionary's prediction of it (``sites.prediction``: for a
+transcoder, from the MLP's input, skip term included):
 
 * ``variance_explained``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``;
 * ``ce_recovered``: ``(L_zero - L_sae) / (L_zero - L_clean)``, where ``L`` is the model's
-  next-token loss with the site's activation left alone (clean), replaced by the SAE's
-  reconstruction (this SAE alone), or zeroed;
+  next-token loss with the site's activation left alone (clean), replaced by ``x_hat`` (this
+  dictionary alone; for a transcoder, the MLP replaced by it), or zeroed;
 * ``l0``: mean number of active features per token;
 * ``dead_fraction``: share of features that never fire on the sample.
 
@@ -28,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sfc_plugin.datasets.text import token_batches
-from sfc_plugin.sites import decode, encode, make_sites
+from sfc_plugin.sites import encode, make_sites, prediction
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -68,7 +71,8 @@ def sae_quality(
     for tokens in tqdm(token_batches(model, texts, context, batch_size), desc="SAE quality"):
         tokens = tokens.to(model.cfg.device)
         starts = [f"blocks.{s.layer}.hook_resid_pre" for s in sites if s.layer is not None]
-        logits, cache = model.run_with_cache(tokens, names_filter=list(stats) + starts)
+        reads = [s.read_hook for s in sites]
+        logits, cache = model.run_with_cache(tokens, names_filter=list(stats) + reads + starts)
         assert isinstance(logits, Tensor)  # return_type "logits", the default
         with_ce = n_pred < ce_tokens
         if with_ce:
@@ -76,10 +80,11 @@ def sae_quality(
             n_pred += tokens.shape[0] * (tokens.shape[1] - 1 - first)
         for site in sites:
             st = stats[site.hook_name]
-            x = cache[site.hook_name]
-            f, err = encode(site, x)
+            x_in, x = cache[site.read_hook], cache[site.hook_name]
+            f, _ = encode(site, x_in, x)
+            x_hat = prediction(site, f, x_in)
             x_flat = x.reshape(*x.shape[:2], -1)[:, first:]
-            st.sse += float(err[:, first:].pow(2).sum())
+            st.sse += float((x_flat - x_hat[:, first:]).pow(2).sum())
             st.sum_x = st.sum_x + x_flat.sum((0, 1))
             st.sum_x2 += float(x_flat.pow(2).sum())
             active = f[:, first:] > 0
@@ -87,7 +92,7 @@ def sae_quality(
             fired = active.any(0).any(0)
             st.fired = fired if st.fired is None else st.fired | fired
             if with_ce:
-                recon = decode(site, f).reshape(x.shape)
+                recon = x_hat.reshape(x.shape)
                 for value, zero in ((recon, False), (torch.zeros_like(x), True)):
                     loss = float(
                         _loss_sum(

@@ -430,10 +430,13 @@ def build_feature_index(
         for tokens in batches:
             tokens = tokens[: max_rows - n_rows]
             _, cache = model.run_with_cache(
-                tokens.to(device), names_filter=list(accs), stop_at_layer=stop, return_type=None
+                tokens.to(device),
+                names_filter=list(accs) + [s.read_hook for s in sites],
+                stop_at_layer=stop,
+                return_type=None,
             )
             for site in sites:
-                f, _ = encode(site, cache[site.hook_name])
+                f, _ = encode(site, cache[site.read_hook], cache[site.hook_name])
                 accs[site.hook_name].update(f.float(), n_rows)
             del cache
             rows.append(tokens.cpu())
