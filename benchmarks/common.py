@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
 
 from sfc_plugin.data import Batch
 from sfc_plugin.metrics import logit_diff
@@ -51,3 +55,37 @@ def random_saes(model, hooks: list[str], d_sae: int, seed: int = 0) -> dict[str,
             sae.b_enc.fill_(-1.0)
         saes[hook] = sae.to(model.cfg.device)
     return saes
+
+
+def random_transcoders(
+    model, write_hooks: list[str], d_sae: int, seed: int = 0
+) -> dict[str, Transcoder]:
+    """Seeded random ReLU transcoders reading ``blocks.L.ln2.hook_normalized`` and writing
+    each ``blocks.L.hook_mlp_out`` of ``write_hooks``, of the SAEs' shapes."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.cfg.d_model
+    out = {}
+    for hook in write_hooks:
+        read = hook.replace("hook_mlp_out", "ln2.hook_normalized")
+        meta = SAEMetadata(hook_name=read, hook_name_out=hook)
+        tc = Transcoder(
+            TranscoderConfig(
+                d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False, metadata=meta
+            )
+        )
+        with torch.no_grad():
+            tc.W_enc.copy_(torch.randn(d, d_sae, generator=g) / d**0.5)
+            tc.W_dec.copy_(tc.W_enc.T / d_sae**0.5)
+            tc.b_enc.fill_(-1.0)
+        out[hook] = tc.to(model.cfg.device)
+    return out
+
+
+def timed(fn, repeat: int) -> float:
+    """Median wall time of ``repeat`` calls of ``fn`` (seconds)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

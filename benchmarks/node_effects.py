@@ -15,24 +15,13 @@ Random SAE weights cost the same as trained ones: only shapes matter for time.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from common import SITES, plain_forward_backward, random_saes
+from common import SITES, plain_forward_backward, random_saes, timed
 
 from sfc_plugin import load_model, node_effects
 from sfc_plugin.data import read_dataset, tokenize
 from sfc_plugin.datasets import agreement
-
-
-def timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
