@@ -717,7 +717,9 @@ def _resume_point(
         raise FileExistsError(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
-    saved = json.loads(args_file.read_text())
+    # A run recorded before an option existed ran with its default.
+    defaults = asdict(TrainConfig(corpus=config.corpus, out=config.out))
+    saved = {**defaults, **json.loads(args_file.read_text())}
     keys = (saved.keys() | identity.keys()) - RESUMABLE_CHANGES - {"data_sha256"}
     diff = {k: (saved.get(k), identity.get(k)) for k in keys if saved.get(k) != identity.get(k)}
     if diff:

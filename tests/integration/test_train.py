@@ -114,6 +114,9 @@ def test_config_defaults_validation_and_record():
         ({"buffer_tokens": 8}, "buffer_tokens"),
         ({"architecture": "relu"}, "architecture"),
         ({"layers": []}, "layers"),
+        ({"hooks": []}, "nothing to train"),
+        ({"transcoders": [-1]}, "negative layer"),
+        ({"transcoders": [1], "transcoder_read": "blocks.1.ln2.hook_normalized"}, "inside"),
     ):
         with pytest.raises(ValueError, match=message):
             T.TrainConfig(corpus="c", out="o", **bad)
@@ -121,8 +124,10 @@ def test_config_defaults_validation_and_record():
     # compares a run with it by name, so the names must stay.
     assert set(asdict(config)) - T.RESUMABLE_CHANGES == {
         "model", "layers", "hooks", "d_sae", "architecture", "k", "tokens", "context_size",
-        "batch_size", "lr", "seed", "device", "exclude_bos",
+        "batch_size", "lr", "seed", "device", "exclude_bos", "transcoders", "transcoder_read",
+        "transcoder_skip",
     }  # fmt: skip
+    assert T.TrainConfig(corpus="c", out="o", hooks=[], transcoders=[0, 1]).hooks == []
     assert T.TrainConfig(corpus="c", out="o", layers=(2, 5)).layers == [2, 5]  # as JSON reads
 
 
