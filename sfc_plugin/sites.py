@@ -27,7 +27,7 @@ is part of the error.  All hooks live inside context managers that always remove
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -89,6 +89,30 @@ def stop_layer(hook_name: str, n_layers: int) -> int | None:
     if parts[0] == "blocks" and int(parts[1]) + 1 < n_layers:
         return int(parts[1]) + 1
     return None
+
+
+def stop_layer_for(hook_names: Iterable[str], n_layers: int) -> int | None:
+    """The ``stop_at_layer`` of a forward that must reach every hook of ``hook_names``."""
+    stops = [stop_layer(h, n_layers) for h in hook_names]
+    return None if any(s is None for s in stops) else max(s for s in stops if s is not None)
+
+
+def hook_widths(model: HookedTransformer, hook_names: Iterable[str]) -> dict[str, int]:
+    """Values per position at each hook (e.g. heads x d_head at ``hook_z``), read off one
+    forward of one token that stops after the last of them."""
+    names = list(hook_names)
+    seen: dict[str, int] = {}
+
+    def width_of(name: str) -> Callable[[Tensor, HookPoint], None]:
+        def width(x: Tensor, hook: HookPoint) -> None:
+            seen[name] = x[0, 0].numel()
+
+        return width
+
+    tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
+    with torch.no_grad(), model.hooks(fwd_hooks=[(h, width_of(h)) for h in names]):
+        model(tokens, stop_at_layer=stop_layer_for(names, model.cfg.n_layers))
+    return {h: seen[h] for h in names}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from sfc_plugin.data import Batch, prepended_bos, right_pad
 from sfc_plugin.files import check_run_settings, write_atomic
 from sfc_plugin.metrics import answer_logprob
-from sfc_plugin.sites import attach_saes, hook_sort_key, make_sites, stop_layer
+from sfc_plugin.sites import attach_saes, hook_sort_key, hook_widths, make_sites, stop_layer_for
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -143,18 +143,16 @@ def _dense_batch(
     fwd: list[tuple[Any, Callable]] = [(h, capture) for h in hooks]
     if kind == "activations":
         with torch.no_grad(), model.hooks(fwd_hooks=fwd):
-            model(tokens, stop_at_layer=_stop(model, hooks), padding_side="right")
+            model(
+                tokens,
+                stop_at_layer=stop_layer_for(hooks, model.cfg.n_layers),
+                padding_side="right",
+            )
         return [_pool(seen[h], last, mask, positions) for h in hooks]
     with torch.enable_grad(), model.hooks(fwd_hooks=fwd):
         m = answer_logprob(model(tokens, padding_side="right"), batch).sum()
         grads = torch.autograd.grad(m, [seen[h] for h in hooks])
     return [_pool(seen[h].detach() * g, last, mask, positions) for h, g in zip(hooks, grads)]
-
-
-def _stop(model: HookedTransformer, hooks: list[str]) -> int | None:
-    """The block after the last hook (the forward need not go further), None for all."""
-    stops = [stop_layer(h, model.cfg.n_layers) for h in hooks]
-    return None if any(s is None for s in stops) else max(s for s in stops if s is not None)
 
 
 def _sae_batch(
@@ -169,7 +167,11 @@ def _sae_batch(
     names = [s.hook_name for s in make_sites(model, saes)]
     if kind == "sae_activations":
         with torch.no_grad(), attach_saes(model, saes, grad=False) as acts:
-            model(tokens, stop_at_layer=_stop(model, names), padding_side="right")
+            model(
+                tokens,
+                stop_at_layer=stop_layer_for(names, model.cfg.n_layers),
+                padding_side="right",
+            )
         return [_pool(acts.features[h], last, mask, positions) for h in names]
     with torch.enable_grad(), attach_saes(model, saes) as acts:
         m = answer_logprob(model(tokens, padding_side="right"), batch).sum()
@@ -327,7 +329,7 @@ def represent(
         if missing:
             raise ValueError(f"hooks {missing} are not hooks of this model")
         names.sort(key=hook_sort_key)
-        blocks = list(zip(names, _hook_widths(model, names)))
+        blocks = list(hook_widths(model, names).items())
 
         def work(b: Batch, mask: Tensor) -> list[Tensor]:
             return _dense_batch(model, names, kind, positions, b, mask)
@@ -392,20 +394,6 @@ def _default_hooks(model: HookedTransformer, saes: Mapping[str, SAE] | None) -> 
     if saes:
         return [s.hook_name for s in make_sites(model, saes)]
     return [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
-
-
-def _hook_widths(model: HookedTransformer, hooks: Sequence[str]) -> list[int]:
-    """Values per position at each hook, read off one forward of one token."""
-    seen: dict[str, int] = {}
-
-    def width(x: Tensor, hook) -> None:
-        seen[hook.name] = int(np.prod(x.shape[2:]))
-
-    fwd: list[tuple[Any, Callable]] = [(h, width) for h in hooks]
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
-        tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
-        model(tokens, stop_at_layer=_stop(model, list(hooks)))
-    return [seen[h] for h in hooks]
 
 
 def _digest(samples: pd.DataFrame) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 
-from sfc_plugin.sites import hook_sort_key, stop_layer
+from sfc_plugin.sites import hook_sort_key, hook_widths
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -39,11 +39,14 @@ def neuron_saes(
     names = list(hooks)
     if not names:
         raise ValueError("no hooks given for neuron dictionaries")
-    out = {}
-    for name in sorted(names, key=hook_sort_key):
+    names = sorted(names, key=hook_sort_key)
+    for name in names:
         if name not in model.hook_dict:
             raise ValueError(f"{name!r} is not a hook point of this model")
-        width = _hook_width(model, name)
+    widths = hook_widths(model, names)
+    out = {}
+    for name in names:
+        width = widths[name]
         cfg = StandardSAEConfig(
             d_in=width,
             d_sae=width,
@@ -63,16 +66,3 @@ def neuron_saes(
             sae.b_dec.zero_()
         out[name] = sae
     return out
-
-
-def _hook_width(model, hook_name: str) -> int:
-    """Activation width per position at ``hook_name``, from one forward on one token."""
-    seen: list[int] = []
-
-    def grab(x: torch.Tensor, hook) -> None:
-        seen.append(x[0, 0].numel())
-
-    tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, grab)]):
-        model(tokens, stop_at_layer=stop_layer(hook_name, model.cfg.n_layers))
-    return seen[0]

@@ -134,6 +134,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from tqdm.auto import tqdm
 
+from sfc_plugin.sites import hook_widths
 from sfc_plugin.training.transcoder import BatchTopKTrainingTranscoderConfig
 
 __all__ = [
@@ -663,13 +664,6 @@ def _runner_config(
     return cfg
 
 
-def _hook_widths(model: Any, hooks: Sequence[str]) -> dict[str, int]:
-    """Width per position of each hook, from one forward of a single token."""
-    tokens = torch.zeros(1, 1, dtype=torch.long, device=model.cfg.device)
-    _, cache = model.run_with_cache(tokens, names_filter=list(hooks), return_type=None)
-    return {hook: cache[hook][0, 0].numel() for hook in hooks}
-
-
 def _norm_estimate_batches(batch_size: int, training_tokens: int) -> int:
     return max(1, min(NORM_ESTIMATE_TOKENS, training_tokens // 10) // batch_size)
 
@@ -869,7 +863,7 @@ def train(config: TrainConfig, model: Any = None) -> dict[str, Any]:
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
         raise ValueError("the model's tokenizer has no BOS token")
-    widths = _hook_widths(model, all_hooks)
+    widths = hook_widths(model, all_hooks)
     training_tokens = math.ceil(config.tokens / config.batch_size) * config.batch_size
 
     t0 = time.monotonic()
