@@ -112,7 +112,7 @@ def load_dunefsky_transcoder(
     tc.load_state_dict(
         {"W_enc": w_enc, "b_enc": b_enc - b_dec @ w_enc, "W_dec": w_dec, "b_dec": b_out}
     )
-    return tc.to(device=device, dtype=getattr(torch, dtype))
+    return tc  # built on ``device`` in ``dtype`` (cfg); load_state_dict copies into it
 
 
 def _hooks(path: Path, cfg: Any) -> tuple[str, str, str | None]:

@@ -72,9 +72,6 @@ class BatchTopKTrainingTranscoder(BatchTopKTrainingSAE):
 
     cfg: BatchTopKTrainingTranscoderConfig  # type: ignore[assignment]
 
-    def __init__(self, cfg: BatchTopKTrainingTranscoderConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-
     def initialize_weights(self) -> None:
         cfg = self.cfg
         norm = cfg.decoder_init_norm or 1.0
