@@ -44,9 +44,13 @@ _EXPORTS = {
     "run_shift": "sfc_plugin.shift",
     "ShiftSettings": "sfc_plugin.shift",
     "ShiftResult": "sfc_plugin.shift",
+    "trace": "sfc_plugin.tracing",
+    "direct_effects": "sfc_plugin.tracing",
+    "export_graph": "sfc_plugin.tracing",
+    "prune_with_judge": "sfc_plugin.tracing",
 }
 
-_SUBMODULES = ("behaviours", "datasets", "shift")
+_SUBMODULES = ("behaviours", "datasets", "judges", "shift", "tracing")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
@@ -81,6 +85,7 @@ if TYPE_CHECKING:
         train_probe,
     )
     from sfc_plugin.sites import Site, attach_saes
+    from sfc_plugin.tracing import direct_effects, export_graph, prune_with_judge, trace
 
 
 def __getattr__(name: str) -> Any:

@@ -145,7 +145,7 @@ class Circuit:
         doc = read_document(path, SCHEMA, SCHEMA_VERSION, "circuit", ("settings", "nodes", "edges"))
         nodes = pd.DataFrame(doc["nodes"], columns=NODE_COLUMNS)
         edges = pd.DataFrame(doc["edges"], columns=EDGE_COLUMNS)
-        return cls(_restore(nodes), edges.astype({"effect": float}), doc["settings"])
+        return cls(typed_nodes(nodes), edges.astype({"effect": float}), doc["settings"])
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -165,8 +165,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _restore(nodes: pd.DataFrame) -> pd.DataFrame:
-    """Integer columns that may hold None as pandas' nullable Int64, effect as float."""
+def typed_nodes(nodes: pd.DataFrame) -> pd.DataFrame:
+    """``nodes`` with the integer columns that may hold None as pandas' nullable Int64 and
+    effect as float."""
     for col in ("layer", "position", "feature"):
         nodes[col] = pd.array(nodes[col].tolist(), dtype="Int64")
     return nodes.astype({"effect": float})
@@ -282,7 +283,7 @@ def circuit_and_effects(
         edges = edges[edges.effect.abs() > edge_threshold].reset_index(drop=True)
     settings = {
         "model": getattr(model.cfg, "model_name", None),
-        "saes": _sae_ids(saes),
+        "saes": sae_ids(saes),
         "method": method,
         "steps": steps if method == "ig" else None,
         "ablation": ablation,
@@ -295,10 +296,10 @@ def circuit_and_effects(
         "metric_clean": effects.metric_clean,
         "sfc_plugin_version": __version__,
     }
-    return Circuit(_restore(nodes[NODE_COLUMNS].copy()), edges, settings), effects
+    return Circuit(typed_nodes(nodes[NODE_COLUMNS].copy()), edges, settings), effects
 
 
-def _sae_ids(saes: Mapping[str, SAE]) -> dict[str, dict[str, Any]]:
+def sae_ids(saes: Mapping[str, SAE]) -> dict[str, dict[str, Any]]:
     """Per hook: what identifies the SAE (release / id / architecture / width) for the record."""
     out = {}
     for hook, sae in saes.items():

@@ -7,6 +7,8 @@
     sfc shift                                # SHIFT and its baselines on Bias in Bios
     sfc behaviours                           # behaviours by clustering, a circuit per cluster
     sfc reproduce                            # regenerates docs/reproduction.md
+    sfc trace --data train.jsonl --out traced.json   # a circuit of direct effects
+    sfc compare-tracing                      # regenerates docs/tracing_vs_sfc.md
     sfc corpus --out DIR                     # the offline SAE training corpus
     sfc train --corpus DIR --out RUN         # SAEs at many hooks, resumable
     sfc bundle RUN/saes                      # ship them as the package's SAE release
@@ -14,7 +16,8 @@
 
 Each command turns its options into one call of a typed library function (``circuit_report``,
 ``circuit_scores``, ``run_demo``, ``run_shift_experiment``, ``run_behaviours_experiment``,
-``reproduce(ReproduceSettings)``, ``build_corpus``, ``train(TrainConfig)``, ``bundle``,
+``reproduce(ReproduceSettings)``, ``trace``, ``compare_tracing(ComparisonSettings)``,
+``build_corpus``, ``train(TrainConfig)``, ``bundle``,
 ``sae_quality``) whose parameters have the options' names.
 Library modules are imported only when a command runs, so ``--help`` stays instant.
 
@@ -50,6 +53,8 @@ _EPILOG = """examples:
   sfc shift --out out/shift --judge lexicon
   sfc behaviours --out out/behaviours --texts /work/corpus/train.jsonl --k 100 400
   sfc reproduce --tasks across_rc --no-approx --out /tmp/repro
+  sfc trace --data train.jsonl --node-threshold 0.03 --out traced.json --html traced.html
+  sfc compare-tracing --tasks ioi --out /tmp/compare
   sfc corpus --out /work/corpus --sample sample.jsonl
   sfc train --corpus /work/corpus --out /work/sae_run --tokens 800000 [--resume]
   sfc bundle /work/sae_run/saes --release smollm2-135m-sfc
@@ -185,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     _shift_parser(sub)
     _behaviours_parser(sub)
     _reproduce_parser(sub)
+    _trace_parser(sub)
+    _compare_tracing_parser(sub)
     _corpus_parser(sub)
     _train_parser(sub)
     _bundle_parser(sub)
@@ -350,6 +357,81 @@ def _reproduce_parser(sub: Any) -> None:
     p.add_argument(
         "--no-approx", dest="approx", action="store_false", help="skip the approximation check"
     )
+    p.add_argument("--fresh", action="store_true", help="recompute finished tasks")
+
+
+def _trace_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "trace",
+        help="trace a circuit of direct effects back from a target (hierarchical tracing)",
+        description="Freeze attention patterns and norm scales, replace each MLP by its "
+        "transcoder and trace direct effects back from --target over the pairs in --data "
+        "(sfc_plugin.tracing.trace). Default dictionaries: the bundled transcoders and "
+        "attention SAEs. Writes the circuit as JSON, optionally its page and a circuit-tracer "
+        "graph.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="JSONL pairs (or single inputs), one length")
+    p.add_argument("--out", required=True, help="the traced circuit (JSON)")
+    p.add_argument("--html", default=None, help="also write the circuit's page here")
+    p.add_argument(
+        "--export-dir", default=None, help="also write circuit-tracer graph JSON into this dir"
+    )
+    p.add_argument(
+        "--target",
+        nargs="+",
+        default=["metric"],
+        help="'metric', a token, 'TOKEN_A|TOKEN_B' (logit difference) or a feature node id",
+    )
+    p.add_argument("--node-threshold", type=float, default=0.1, help="influence to keep a node")
+    p.add_argument("--edge-threshold", type=float, default=0.01, help="effect to keep an edge")
+    p.add_argument("--max-depth", type=int, default=None, help="hops from the target")
+    p.add_argument("--max-nodes", type=int, default=1000, help="the node budget")
+    p.add_argument("--on-budget", choices=["error", "stop"], default="error")
+    p.add_argument(
+        "--missing",
+        choices=["error", "refuse"],
+        default="error",
+        help="an MLP without a transcoder: an error node, or refuse",
+    )
+    p.add_argument("--batch-rows", type=int, default=32, help="rows per forward+backward")
+    p.add_argument("--model", default=EMBEDDED_MODEL, help="load_model name")
+    p.add_argument("--saes", nargs="+", default=None, help="load_saes source(s)")
+    p.add_argument("--sae-ids", nargs="+", default=None, help="SAE ids of a release")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+
+
+def _compare_tracing_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare-tracing",
+        help="regenerate docs/tracing_vs_sfc.md (traced against SFC circuits)",
+        description="Per task (four agreement tasks, IOI): SFC node effects and traced "
+        "circuits on the same dictionaries and pairs, faithfulness/completeness against size "
+        "on held-out pairs, judge against threshold pruning, overlap and wall time. Finished "
+        "tasks under OUT/tracing_vs_sfc/ are reused unless --fresh "
+        "(sfc_plugin.experiments.tracing.compare_tracing).",
+        formatter_class=_HelpFormatter,
+    )
+    tasks = (*TASKS, "ioi")
+    p.add_argument("--out", default="docs", help="directory of tracing_vs_sfc.md")
+    p.add_argument("--tasks", nargs="+", default=list(tasks), choices=tasks, help="tasks to run")
+    p.add_argument("--train", type=int, default=32, help="training pairs per task")
+    p.add_argument("--test", type=int, default=64, help="held-out pairs per task")
+    p.add_argument("--method", choices=["atp", "ig"], default="ig", help="SFC node effects")
+    p.add_argument("--steps", type=int, default=10, help="IG steps")
+    p.add_argument("--points", type=int, default=13, help="SFC thresholds per curve")
+    p.add_argument("--decades", type=float, default=3.0, help="SFC threshold range, log10")
+    p.add_argument(
+        "--trace-thresholds",
+        nargs="+",
+        type=float,
+        default=[0.1, 0.03, 0.01, 0.003],
+        help="node thresholds of the traces",
+    )
+    p.add_argument("--judge-threshold", type=float, default=0.01, help="traced circuit judged")
+    p.add_argument("--max-nodes", type=int, default=2000, help="node budget of each trace")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--index-tokens", type=int, default=30_000, help="dashboard sample tokens")
     p.add_argument("--fresh", action="store_true", help="recompute finished tasks")
 
 
@@ -632,6 +714,44 @@ def _run_reproduce(args: argparse.Namespace) -> None:
     print(f"wrote {page}")
 
 
+def _run_trace(args: argparse.Namespace) -> None:
+    from sfc_plugin.dictionaries import load_saes
+    from sfc_plugin.experiments.tracing import tracing_dictionaries
+    from sfc_plugin.models import load_model
+    from sfc_plugin.tracing import export_graph, trace
+
+    model = load_model(args.model, device=args.device)
+    if args.saes is None:
+        saes = tracing_dictionaries(model.cfg.device)
+    else:
+        source = args.saes[0] if len(args.saes) == 1 else args.saes
+        saes = load_saes(source, sae_ids=args.sae_ids, device=str(model.cfg.device))
+    targets = [tuple(t.split("|", 1)) if "|" in t else t for t in args.target]
+    circuit = trace(
+        model, saes, args.data, targets, node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold, max_depth=args.max_depth, max_nodes=args.max_nodes,
+        on_budget=args.on_budget, missing=args.missing, batch_rows=args.batch_rows,
+    )  # fmt: skip
+    circuit.save(args.out)
+    print(f"{circuit}\nwrote {args.out}")
+    if args.html:
+        circuit.save_html(args.html)
+        print(f"wrote {args.html}")
+    if args.export_dir:
+        path = export_graph(
+            circuit, args.export_dir, Path(args.out).stem,
+            n_layers=model.cfg.n_layers, d_vocab=model.cfg.d_vocab,
+        )  # fmt: skip
+        print(f"wrote {path}")
+
+
+def _run_compare_tracing(args: argparse.Namespace) -> None:
+    from sfc_plugin.experiments import tracing
+
+    page = tracing.compare_tracing(tracing.ComparisonSettings(**_options(args)))
+    print(f"wrote {page}")
+
+
 def _run_corpus(args: argparse.Namespace) -> int:
     from sfc_plugin.training import corpus
 
@@ -718,6 +838,8 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "shift": _run_shift,
     "behaviours": _run_behaviours,
     "reproduce": _run_reproduce,
+    "trace": _run_trace,
+    "compare-tracing": _run_compare_tracing,
     "corpus": _run_corpus,
     "train": _run_train,
     "bundle": _run_bundle,

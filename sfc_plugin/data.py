@@ -203,7 +203,8 @@ class Batch:
         fields: dict[str, Any] = {k: rep(v) for k, v in vars(self).items()}
         return Batch(**fields)
 
-    def select(self, index: slice) -> Batch:
+    def select(self, index: slice | Tensor) -> Batch:
+        """The rows ``index`` (a slice, or a tensor of row indices, repeats allowed)."""
         fields: dict[str, Any] = {k: None if v is None else v[index] for k, v in vars(self).items()}
         return Batch(**fields)
 

@@ -3,5 +3,6 @@ shared reading of plain text."""
 
 from sfc_plugin.datasets.agreement import TASKS, agreement
 from sfc_plugin.datasets.bias_in_bios import bias_in_bios
+from sfc_plugin.datasets.ioi import ioi
 
-__all__ = ["TASKS", "agreement", "bias_in_bios"]
+__all__ = ["TASKS", "agreement", "bias_in_bios", "ioi"]

@@ -239,8 +239,11 @@ class Evaluator:
 
 
 def _node_ids(circuit: CircuitLike) -> list[str]:
+    """The circuit's node ids, without those at a traced circuit's frozen hooks (embeddings,
+    MLPs without a dictionary: no site ablates them, so they are always kept)."""
     if isinstance(circuit, Circuit):
-        return list(circuit.nodes.node)
+        frozen = set(circuit.settings.get("frozen_hooks") or ())
+        return [n for n, h in zip(circuit.nodes.node, circuit.nodes.hook_name) if h not in frozen]
     if isinstance(circuit, str):
         raise TypeError("circuit must be a Circuit or a list of node ids, not one string")
     return list(circuit)

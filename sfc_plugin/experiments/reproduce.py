@@ -262,14 +262,17 @@ def approximation_rows(table: pd.DataFrame) -> list[str]:
     return rows
 
 
-def write_page(page: Path, section: str) -> None:
-    """Replace the generated section of ``page`` (or create the page around it)."""
+def write_page(
+    page: Path, section: str, title: str = "Reproduction: subject-verb agreement"
+) -> None:
+    """Replace the generated section of ``page`` (or create the page, headed ``title``,
+    around it)."""
     if page.exists() and START in (text := page.read_text()) and END in text:
         head, rest = text.split(START, 1)
         tail = rest.split(END, 1)[1]
         page.write_text(head + section + tail)
     else:
-        page.write_text("# Reproduction: subject-verb agreement\n\n" + section + "\n")
+        page.write_text(f"# {title}\n\n" + section + "\n")
 
 
 def reproduce(settings: ReproduceSettings) -> Path:

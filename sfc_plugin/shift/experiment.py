@@ -43,15 +43,16 @@ from sfc_plugin.datasets.bias_in_bios import Source, bias_in_bios
 from sfc_plugin.dictionaries import neuron_saes
 from sfc_plugin.files import check_run_settings, read_document, write_atomic, write_document
 from sfc_plugin.frontend.shift_page import shift_report_html
-from sfc_plugin.shift.ablation import ablation_hooks, mean_features, random_features
-from sfc_plugin.shift.circuit import probe_circuit, probe_sites
-from sfc_plugin.shift.judges import (
+from sfc_plugin.judges import (
     FeatureDescription,
     Judge,
     Judgement,
+    describe_features,
     judge_features,
     lexicon_judge,
 )
+from sfc_plugin.shift.ablation import ablation_hooks, mean_features, random_features
+from sfc_plugin.shift.circuit import probe_circuit, probe_sites
 from sfc_plugin.shift.probe import Probe, default_probe_hook, pooled_activations, train_probe
 from sfc_plugin.shift.scoring import concept_similarities, concept_vectors, scores
 
@@ -245,23 +246,6 @@ class _Stages:
         value = compute()
         write_atomic(path, json.dumps(value, indent=1).encode())
         return value
-
-
-def describe_features(
-    features: pd.DataFrame, index: FeatureIndex | None, n_contexts: int = 10
-) -> list[FeatureDescription]:
-    """One description per row of a circuit's ``features`` (``node, hook_name, feature,
-    effect``), from its dashboard in ``index`` (None: node and effect only)."""
-    out = []
-    for node, h, i, effect in zip(
-        features.node, features.hook_name, features.feature, features.effect
-    ):
-        if index is None:
-            out.append(FeatureDescription(str(node), str(h), int(i), float(effect)))
-        else:
-            dashboard = index.dashboard(str(h), int(i))
-            out.append(FeatureDescription.from_dashboard(dashboard, float(effect), n_contexts))
-    return out
 
 
 def run_shift(

@@ -30,6 +30,18 @@ ALLOWED: dict[str, set[str]] = {
     "circuit": {"version", "files", "attribution", "nodes", "frontend"},
     "evaluation": {"attribution", "circuit", "data", "metrics", "nodes", "sites", "dictionaries"},
     "training": {"dictionaries", "models", "sites", "datasets"},
+    "judges": {"nodes", "datasets", "frontend"},  # frontend: type hints only
+    "tracing": {
+        "version",
+        "files",
+        "circuit",
+        "data",
+        "frontend",  # type hints only
+        "judges",
+        "metrics",
+        "nodes",
+        "sites",
+    },
     "behaviours": {
         "files",
         "circuit",
@@ -43,6 +55,8 @@ ALLOWED: dict[str, set[str]] = {
     "experiments": {
         "behaviours",
         "shift",
+        "tracing",
+        "judges",
         "attribution",
         "circuit",
         "data",
@@ -56,6 +70,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "shift": {
         "files",
+        "judges",
         "attribution",
         "circuit",
         "data",
@@ -69,6 +84,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "cli": {
         "circuit",
+        "tracing",
         "datasets",
         "dictionaries",
         "evaluation",

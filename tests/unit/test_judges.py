@@ -1,4 +1,4 @@
-"""SHIFT judges (sfc_plugin.shift.judges) on hand-built feature descriptions; the LLM judge
+"""Judges (sfc_plugin.judges) on hand-built feature descriptions; the LLM judge
 against a fake OpenAI-compatible server on 127.0.0.1 started here (no model, no network)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from sfc_plugin import judges
 from sfc_plugin.frontend.dashboards import ContextView, Dashboard, TokenEffect
-from sfc_plugin.shift import judges
-from sfc_plugin.shift.judges import (
+from sfc_plugin.judges import (
     FeatureDescription,
     Judgement,
     judge_features,

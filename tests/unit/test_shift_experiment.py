@@ -13,6 +13,7 @@ import torch
 from conftest import make_saes, make_tiny_model
 
 from sfc_plugin.frontend.dashboards import build_feature_index
+from sfc_plugin.judges import describe_features
 from sfc_plugin.shift import experiment as experiment_module
 from sfc_plugin.shift import pooled_activations, train_probe
 from sfc_plugin.shift.ablation import ablation_hooks, random_features
@@ -20,7 +21,6 @@ from sfc_plugin.shift.experiment import (
     ROWS,
     ShiftResult,
     ShiftSettings,
-    describe_features,
     run_shift,
 )
 from sfc_plugin.shift.scoring import CBP_CONCEPTS, concept_similarities, concept_vectors, scores

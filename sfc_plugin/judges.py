@@ -1,15 +1,17 @@
-"""Judges for SHIFT: which features of the probe's circuit are spurious (Marks et al., section 4).
+"""Judges: a verdict on each circuit feature from its dashboard, for SHIFT and for pruning
+traced circuits.
 
-SHIFT finds the feature circuit of a probe trained on data where the intended signal
-(profession) and an unintended one (gender) are confounded, and ablates the circuit's features
-that are about the unintended signal. The paper made that call by hand from each feature's
-dashboard. Here a *judge* makes it: a callable from a :class:`FeatureDescription` (a dashboard
-as text) to True (spurious: ablate) or False (task-relevant, or anything else: keep).
+A *judge* is a callable from a :class:`FeatureDescription` (a dashboard as text) to True or
+False. In SHIFT (Marks et al., section 4) True means *spurious*: the feature is about the
+unintended signal (gender) rather than the intended one (profession), and is ablated; the
+paper made that call by hand. In tracing (``tracing.pruning``) True means *prune*: the feature
+is not about the behaviour traced. The interface is the same:
 
 - :func:`marked_judge`: the human path, the node ids someone marked by hand;
 - :func:`lexicon_judge`: offline and deterministic, word lists for the two signals;
+- :func:`keyword_judge`: offline and deterministic, one word list for the task (relevance);
 - :func:`llm_judge`: a language model behind an OpenAI-compatible chat-completions endpoint
-  (standard library only).
+  (standard library only), asked :data:`PROMPT` or a prompt of the caller's.
 
 :func:`judge_features` runs a judge over descriptions and normalises what it returns into
 :class:`Judgement` records. See docs/judges.md.
@@ -34,7 +36,9 @@ from sfc_plugin.datasets.bias_in_bios import FEMALE_NAMES, MALE_NAMES
 from sfc_plugin.nodes import node_id, parse_node_id
 
 if TYPE_CHECKING:
-    from sfc_plugin.frontend.dashboards import Dashboard
+    import pandas as pd
+
+    from sfc_plugin.frontend.dashboards import Dashboard, FeatureIndex
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,23 @@ def judge_features(
         except Exception as e:
             raise RuntimeError(f"judge {name!r} failed on node {d.node!r}: {e}") from e
         out.append(_judgement(result, d.node, name))
+    return out
+
+
+def describe_features(
+    features: pd.DataFrame, index: FeatureIndex | None, n_contexts: int = 10
+) -> list[FeatureDescription]:
+    """One description per row of a circuit's ``features`` (``node, hook_name, feature,
+    effect``), from its dashboard in ``index`` (None: node and effect only)."""
+    out = []
+    for node, h, i, effect in zip(
+        features.node, features.hook_name, features.feature, features.effect
+    ):
+        if index is None:
+            out.append(FeatureDescription(str(node), str(h), int(i), float(effect)))
+        else:
+            dashboard = index.dashboard(str(h), int(i))
+            out.append(FeatureDescription.from_dashboard(dashboard, float(effect), n_contexts))
     return out
 
 
@@ -326,6 +347,41 @@ def lexicon_judge(
     return _NamedJudge(name, decide)
 
 
+def keyword_judge(
+    words: Iterable[str],
+    *,
+    min_share: float = 0.25,
+    window: int = 3,
+    name: str = "keywords",
+) -> Judge:
+    """An offline, deterministic judge of relevance to a task given by its words: True
+    (prune / spurious) iff the share of the evidence matching ``words`` is below
+    ``min_share``. Evidence and its weighting as in :func:`lexicon_judge`: by default a
+    feature stays when a quarter of what its dashboard shows (e.g. half its top tokens) is
+    one of the task's words."""
+    lexicon = _check_lexicon(words, "words")
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share!r}")
+    if not (isinstance(window, int) and window >= 0):
+        raise ValueError(f"window must be an int >= 0, got {window!r}")
+
+    def decide(d: FeatureDescription) -> tuple[bool, str]:
+        evidence = _evidence(d, window)
+        total = sum(_WEIGHTS[k] for k in evidence) or 1.0
+        found: Counter[str] = Counter()
+        score = 0.0
+        for kind, items in evidence.items():
+            hits = [[w for w in item if w in lexicon] for item in items]
+            found.update(w for hit in hits for w in hit)
+            score += _WEIGHTS[kind] * sum(bool(h) for h in hits) / len(items) / total
+        words_found = ", ".join(f"{w} x{n}" for w, n in found.most_common()) or "none"
+        return score < min_share, (
+            f"task score {score:.2f} (pruned iff < {min_share:g}); task words: {words_found}"
+        )
+
+    return _NamedJudge(name, decide)
+
+
 # -------------------------------------------------------------------------------- LLM judge
 
 PROMPT = """\
@@ -352,9 +408,9 @@ def _tokens(tokens: tuple[str, ...]) -> str:
     return ", ".join(json.dumps(t, ensure_ascii=False) for t in tokens) or "(none)"
 
 
-def _prompt(d: FeatureDescription, intended: str, unintended: str) -> str:
+def _prompt(d: FeatureDescription, intended: str, unintended: str, prompt: str = PROMPT) -> str:
     contexts = "\n".join(f"{i}. {c.replace(chr(10), '↵')}" for i, c in enumerate(d.contexts, 1))
-    return PROMPT.format(
+    return prompt.format(
         intended=intended,
         unintended=unintended,
         contexts=contexts or "(none)",
@@ -406,12 +462,15 @@ def llm_judge(
     timeout: float = 60.0,
     retries: int = 0,
     name: str | None = None,
+    prompt: str = PROMPT,
 ) -> Judge:
     """A judge asking a chat model behind an OpenAI-compatible API (``POST
     {base_url}/chat/completions``, temperature 0) with :data:`PROMPT`. Defaults come from
     ``SFC_JUDGE_BASE_URL`` (else ``OPENAI_BASE_URL``), ``SFC_JUDGE_MODEL`` and
     ``SFC_JUDGE_API_KEY`` (else ``OPENAI_API_KEY``; no key sends no Authorization header).
-    Failed requests are retried ``retries`` times (after 1, 2, 4, ... s)."""
+    Failed requests are retried ``retries`` times (after 1, 2, 4, ... s). ``prompt``: the
+    user message, a ``str.format`` template with the fields of :data:`PROMPT` (any subset);
+    the reply must start with SPURIOUS (True) or RELEVANT (False)."""
     env = os.environ.get
     base_url = base_url or env("SFC_JUDGE_BASE_URL") or env("OPENAI_BASE_URL")
     if not base_url:
@@ -433,7 +492,7 @@ def llm_judge(
         headers["Authorization"] = f"Bearer {api_key}"
 
     def decide(d: FeatureDescription) -> tuple[bool, str]:
-        messages = [{"role": "user", "content": _prompt(d, intended, unintended)}]
+        messages = [{"role": "user", "content": _prompt(d, intended, unintended, prompt)}]
         body = json.dumps({"model": model, "messages": messages, "temperature": 0}).encode()
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         reply = _post(request, timeout, retries, d.node)
