@@ -486,6 +486,16 @@ def llm_judge(
         raise ValueError(f"timeout must be positive, got {timeout!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+    fields = dict.fromkeys(
+        ("intended", "unintended", "contexts", "top_tokens", "promoted", "suppressed"), ""
+    )
+    try:
+        prompt.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(
+            f"llm_judge: prompt has an unknown field or bad braces ({e!r}); its fields are "
+            f"{sorted(fields)}"
+        ) from None
     url = base_url.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
     if api_key:

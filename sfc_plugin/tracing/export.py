@@ -8,9 +8,11 @@ reads. Node ids follow circuit-tracer's:
 * feature ``i`` of a site in layer ``L`` at position ``p``: ``"{L}_{j}_{p}"`` with ``j = i``
   plus the widths of the layer's earlier sites (an attention SAE's features come before the
   transcoder's), feature type ``"cross layer transcoder"``;
-* the error of a layer's transcoder (or MLP) at ``p``: ``"0_{L}_{p}"``; of another site
-  (an attention SAE): ``"0_{L}_{p}_{component}"``;
-* the token embedding at ``p``: ``"E_{token}_{p}"``;
+* the error of a layer's transcoder (or MLP) at ``p``: ``"err_{L}_{p}"``; of another site
+  (an attention SAE): ``"err_{L}_{p}_{component}"`` (circuit-tracer writes ``"0_{L}_{p}"``,
+  which can equal a layer-0 feature's id);
+* the token embedding at ``p``: ``"E_{token}_{p}"``; a learned position embedding (GPT-2):
+  ``"E_{token}_{p}_pos"``;
 * the target: a logit node ``"{n_layers + 1}_{v}_{last}"``, with ``v`` the token for a logit
   target and ``d_vocab`` (circuit-tracer's virtual index) for the metric or a difference.
 
@@ -68,9 +70,10 @@ def graph_json(circuit: Circuit, slug: str, *, n_layers: int, d_vocab: int) -> d
         layer = _int(row["layer"])
         if kind == "embedding":
             vocab = int(token_ids[pos]) if pos < len(token_ids) else 0
-            nid = f"E_{vocab}_{pos}"
+            suffix = "" if row["hook_name"] == "hook_embed" else "_pos"
+            nid = f"E_{vocab}_{pos}{suffix}"
             node.update(feature=pos, layer="E", feature_type="embedding")
-            node["jsNodeId"] = f"E_{vocab}-{pos}"
+            node["jsNodeId"] = f"E_{vocab}-{pos}{suffix}"
         elif kind == "feature":
             j = offset.get(str(row["hook_name"]), 0) + _int(row["feature"])
             nid = f"{layer}_{j}_{pos}"
@@ -78,7 +81,7 @@ def graph_json(circuit: Circuit, slug: str, *, n_layers: int, d_vocab: int) -> d
             node.update(feature_type="cross layer transcoder", jsNodeId=f"{layer}_{j}-0")
         else:
             suffix = "" if row["component"] == "mlp_out" else f"_{row['component']}"
-            nid = f"0_{layer}_{pos}{suffix}"
+            nid = f"err_{layer}_{pos}{suffix}"
             node.update(feature=-1, layer=str(layer), feature_type="mlp reconstruction error")
             node["jsNodeId"] = f"{layer}_{pos}-0{suffix}"
         node["node_id"] = nid

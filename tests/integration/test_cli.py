@@ -65,6 +65,28 @@ def test_data_circuit_and_evaluate_commands(tiny, capsys):
     assert got["nodes"] > 0
 
 
+def test_trace_command(tiny, capsys):
+    model, saes, tmp = tiny
+    assert main(["data", "--task", "across_pp", "--n", "4", "--out", str(tmp / "t.jsonl")]) == 0
+    out = tmp / "traced.json"
+    code = main(
+        ["trace", "--saes", str(tmp / "saes"), "--data", str(tmp / "t.jsonl"), "--out", str(out),
+         "--html", str(tmp / "traced.html"), "--export-dir", str(tmp / "graphs"),
+         "--node-threshold", "0.02", "--target", "metric", " is| are"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    from sfc_plugin.circuit import Circuit
+
+    circuit = Circuit.load(out)
+    assert circuit.settings["effects"] == "direct" and len(circuit.nodes) > 0
+    assert circuit.settings["targets"] == ["metric", "logit(' is')-logit(' are')"]
+    assert "<svg" in (tmp / "traced.html").read_text()
+    assert json.loads((tmp / "graphs" / "traced.json").read_text())["links"]
+    code = main(["trace", "--saes", str(tmp / "saes"), "--data", str(tmp / "t.jsonl"),
+                 "--out", str(out), "--target", " two words"])  # fmt: skip
+    assert code == 2 and "not one" in capsys.readouterr().err
+
+
 def test_errors_are_reported_without_traceback(tiny, capsys):
     _, _, tmp = tiny
     (tmp / "bad.jsonl").write_text('{"clean_prefix": "The cat"}\n')
@@ -77,8 +99,8 @@ def test_errors_are_reported_without_traceback(tiny, capsys):
     assert code == 2 and "row 0" in err and "bad.jsonl" in err
 
 
-COMMANDS = ("data", "circuit", "evaluate", "demo", "shift", "behaviours", "reproduce", "corpus",
-            "train", "bundle", "quality")  # fmt: skip
+COMMANDS = ("data", "circuit", "evaluate", "demo", "shift", "behaviours", "reproduce", "trace",
+            "compare-tracing", "corpus", "train", "bundle", "quality")  # fmt: skip
 
 HELP_SCRIPT = """
 import sys, sfc_plugin.cli
@@ -175,6 +197,20 @@ def test_demo_and_reproduce_pass_the_library_defaults(monkeypatch, tmp_path, cap
     assert reproduce.ReproduceSettings().command() == "sfc reproduce"
     with pytest.raises(ValueError, match="approx_task"):
         reproduce.ReproduceSettings(approx_task="nope")
+
+
+def test_compare_tracing_passes_the_library_defaults(monkeypatch, tmp_path):
+    from sfc_plugin.experiments import tracing
+
+    calls = []
+    monkeypatch.setattr(tracing, "compare_tracing", lambda s: calls.append(s) or tmp_path)
+    assert main(["compare-tracing"]) == 0 and calls.pop() == tracing.ComparisonSettings()
+    assert main(["compare-tracing", "--tasks", "ioi", "--train", "8", "--out", "x"]) == 0
+    settings = calls.pop()
+    assert settings == tracing.ComparisonSettings(tasks=["ioi"], train=8, out="x")
+    assert settings.command() == "sfc compare-tracing --out x --train 8"
+    with pytest.raises(ValueError, match="judge_threshold"):
+        tracing.ComparisonSettings(judge_threshold=0.5)
 
 
 def test_shift_passes_the_library_defaults(monkeypatch, tmp_path):

@@ -43,3 +43,39 @@ def test_bad_arguments_are_named(tokenizer):
         agreement("nested_rc", tokenizer)
     with pytest.raises(ValueError, match="split must be"):
         agreement("simple", tokenizer, split="dev")
+
+
+def test_ioi_pairs_are_templatic_flip_the_answer_and_split_by_name_pair(tokenizer):
+    from sfc_plugin.datasets import ioi
+
+    rows = ioi(tokenizer, split="all")
+    assert len(rows) > 100
+    lengths = {
+        len(tokenizer(r[k])["input_ids"]) for r in rows for k in ("clean_prefix", "patch_prefix")
+    }
+    assert len(lengths) == 1
+    for r in rows[:50]:
+        for k in ("clean_answer", "patch_answer"):
+            assert len(tokenizer(r[k], add_special_tokens=False)["input_ids"]) == 1
+        io, s = r["clean_answer"].strip(), r["patch_answer"].strip()
+        assert r["clean_prefix"].endswith(f", {s} gave a " + r["clean_prefix"].split()[-2] + " to")
+        assert r["patch_prefix"] == r["clean_prefix"].replace(f", {s} gave", f", {io} gave")
+    pair = lambda r: frozenset((r["clean_answer"], r["patch_answer"]))  # noqa: E731
+    train, test = ioi(tokenizer, split="train"), ioi(tokenizer, split="test")
+    assert not {pair(r) for r in train} & {pair(r) for r in test}
+    assert ioi(tokenizer, n=5, seed=1) == ioi(tokenizer, n=5, seed=1) != ioi(tokenizer, n=5)
+    with pytest.raises(ValueError, match="split"):
+        ioi(tokenizer, split="dev")
+
+
+def test_contrast_words_are_the_answers_and_the_words_that_differ():
+    from sfc_plugin.experiments.tracing import contrast_words
+
+    row = {
+        "clean_prefix": "The boy that the girls like",
+        "patch_prefix": "The boys that the girls like",
+        "clean_answer": " does",
+        "patch_answer": " do",
+    }
+    rows = [row]
+    assert contrast_words(rows) == {"boy", "boys", "does", "do"}

@@ -4,8 +4,6 @@ against a fake OpenAI-compatible server on 127.0.0.1 started here (no model, no 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -226,54 +224,6 @@ def test_lexicon_judge_checks_its_arguments():
 
 
 # ---------------------------------------------------------------------------------- llm_judge
-
-
-class FakeServer:
-    """An OpenAI-compatible chat-completions endpoint: records requests, plays ``replies``
-    (status, message content) in order; a content "raw:..." (or a status other than 200) is
-    sent as the whole body."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.replies: list[tuple[int, str]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                fake.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
-                )
-                status, content = fake.replies.pop(0)
-                reply = {"choices": [{"message": {"role": "assistant", "content": content}}]}
-                raw = status != 200 or content.startswith("raw:")
-                data = content.removeprefix("raw:").encode() if raw else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
-
-
-@pytest.fixture
-def server(monkeypatch):
-    for var in ("SFC_JUDGE_BASE_URL", "OPENAI_BASE_URL", "SFC_JUDGE_MODEL"):
-        monkeypatch.delenv(var, raising=False)
-    for var in ("SFC_JUDGE_API_KEY", "OPENAI_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    fake = FakeServer()
-    yield fake
-    fake.httpd.shutdown()
-    fake.httpd.server_close()
 
 
 def test_llm_judge_request_and_answers(server):
