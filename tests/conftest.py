@@ -209,6 +209,89 @@ def make_random_transcoder(
     return tc
 
 
+# ------------------------------------------------ the replacement model of tracing (ground truth)
+
+# Pairs for tracing tests: every prefix (clean and patch) is 4 tokens with the embedded
+# tokenizer, and both answers one token.
+TRACING_ROWS = [
+    dict(clean_prefix=c, patch_prefix=p, clean_answer=" the", patch_answer=" a")
+    for c, p in [
+        ("The cat sat on", "A dog ran to"),
+        ("The man went to", "The bird flew over"),
+        ("One girl ran into", "A cat sat near"),
+    ]
+]
+
+
+def make_replacement_dictionaries(
+    n_layers: int = 3, skip_mlp: tuple[int, ...] = (), topk_layer: int = 1
+) -> dict[str, SAE]:
+    """An SAE at every attention output of a tiny model (TopK at ``topk_layer``) and a
+    transcoder at every MLP except the layers in ``skip_mlp``."""
+    saes = {}
+    for layer in range(n_layers):
+        attn, mlp = f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"
+        arch = "topk" if layer == topk_layer else "standard"
+        saes[attn] = make_random_sae(attn, 32, 24, seed=layer, arch=arch)
+        if layer not in skip_mlp:
+            read = f"blocks.{layer}.ln2.hook_normalized"
+            saes[mlp] = make_random_transcoder(read, mlp, 32, 32, 16, seed=10 + layer)
+    return saes
+
+
+def dictionary_read_hook(hook: str, sae: SAE) -> str:
+    """The hook a dictionary writing ``hook`` reads: a transcoder's input, else ``hook``."""
+    return sae.cfg.metadata.hook_name if isinstance(sae, Transcoder) else hook
+
+
+def is_frozen_hook(name: str) -> bool:
+    """Attention patterns and norm scales: what tracing freezes at the clean run."""
+    return name.endswith("attn.hook_pattern") or name.endswith("hook_scale")
+
+
+def pre_activation(sae: SAE, x: torch.Tensor, feature: int) -> torch.Tensor:
+    """``[...]``: the pre-activation of ``feature`` for inputs ``x`` ``[..., d_in]`` (the
+    affine part of the encoder)."""
+    if not isinstance(sae, Transcoder) and sae.cfg.apply_b_dec_to_input:
+        x = x - sae.b_dec
+    return x @ sae.W_enc[:, feature] + sae.b_enc[feature]
+
+
+def replacement_leaf_hooks(model, saes) -> list[str]:
+    """The frozen leaves besides the dictionaries: MLPs without a transcoder, embeddings."""
+    mlps = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)]
+    embeds = [h for h in ("hook_embed", "hook_pos_embed") if h in model.hook_dict]
+    return [h for h in mlps if h not in saes] + embeds
+
+
+def clean_replacement_run(model, saes, tokens):
+    """One clean run with plain hooks: ``(frozen, features, errors, leaves)``, each
+    ``{hook: tensor}``: the frozen patterns and scales, each dictionary's features
+    (``encode`` of its read) and error (output minus ``decode``), and the leaf hooks'
+    outputs (``replacement_leaf_hooks``)."""
+    frozen, reads, features, errors, leaves = {}, {}, {}, {}, {}
+
+    def save(store):
+        def hook_fn(x, hook):
+            store[hook.name] = x.detach().clone()
+
+        return hook_fn
+
+    def save_site(x, hook):
+        sae = saes[hook.name]
+        f = sae.encode(reads[dictionary_read_hook(hook.name, sae)])
+        features[hook.name] = f.detach().clone()
+        errors[hook.name] = (x - sae.decode(f)).detach().clone()
+
+    hooks = [(is_frozen_hook, save(frozen))]
+    hooks += [(dictionary_read_hook(h, s), save(reads)) for h, s in saes.items()]
+    hooks += [(h, save_site) for h in saes]
+    hooks += [(h, save(leaves)) for h in replacement_leaf_hooks(model, saes)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens)
+    return frozen, features, errors, leaves
+
+
 # ------------------------------------------------ a fake OpenAI-compatible server (judges)
 
 

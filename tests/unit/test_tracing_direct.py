@@ -14,47 +14,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_random_sae, make_random_transcoder, make_tiny_model
-from sae_lens import Transcoder
+from conftest import (
+    TRACING_ROWS,
+    clean_replacement_run,
+    dictionary_read_hook,
+    is_frozen_hook,
+    make_random_sae,
+    make_replacement_dictionaries,
+    make_tiny_model,
+    pre_activation,
+    replacement_leaf_hooks,
+)
 
 from sfc_plugin.tracing.direct import direct_effects
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Every prefix is 4 tokens with the embedded tokenizer; answers one token.
-ROWS = [
-    dict(clean_prefix=c, patch_prefix=p, clean_answer=" the", patch_answer=" a")
-    for c, p in [
-        ("The cat sat on", "A dog ran to"),
-        ("The man went to", "The bird flew over"),
-        ("One girl ran into", "A cat sat near"),
-    ]
-]
+ROWS = TRACING_ROWS
 N_LAYERS = 3
 N_POS = 4
 
 
 def make_saes(skip_mlp: tuple[int, ...] = ()):
-    """An SAE at every attention output (TopK at layer 1) and a transcoder at every MLP
-    except the layers in ``skip_mlp``."""
-    saes = {}
-    for layer in range(N_LAYERS):
-        attn, mlp = f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"
-        saes[attn] = make_random_sae(
-            attn, 32, 24, seed=layer, arch="topk" if layer == 1 else "standard"
-        )
-        if layer not in skip_mlp:
-            read = f"blocks.{layer}.ln2.hook_normalized"
-            saes[mlp] = make_random_transcoder(read, mlp, 32, 32, 16, seed=10 + layer)
-    return saes
-
-
-def _read_hook(hook: str, sae) -> str:
-    return sae.cfg.metadata.hook_name if isinstance(sae, Transcoder) else hook
-
-
-def _is_frozen(name: str) -> bool:
-    return name.endswith("attn.hook_pattern") or name.endswith("hook_scale")
+    return make_replacement_dictionaries(N_LAYERS, skip_mlp)
 
 
 class FrozenModel:
@@ -66,38 +48,9 @@ class FrozenModel:
             [model.to_tokens(r["clean_prefix"], prepend_bos=False)[0] for r in ROWS]
         )
         assert self.tokens.shape[1] == N_POS
-        self.mlp_leaves = [
-            f"blocks.{layer}.hook_mlp_out"
-            for layer in range(N_LAYERS)
-            if f"blocks.{layer}.hook_mlp_out" not in saes
-        ]
-        self.leaf_hooks = self.mlp_leaves + [
-            h for h in ("hook_embed", "hook_pos_embed") if h in model.hook_dict
-        ]
-        frozen, reads, self.feats, self.errs, self.leaves = {}, {}, {}, {}, {}
-
-        def save_frozen(x, hook):
-            frozen[hook.name] = x.detach().clone()
-
-        def save_read(x, hook):
-            reads[hook.name] = x.detach().clone()
-
-        def save_site(x, hook):
-            sae = saes[hook.name]
-            f = sae.encode(reads[_read_hook(hook.name, sae)])
-            self.feats[hook.name] = f.detach().clone()
-            self.errs[hook.name] = (x - sae.decode(f)).detach().clone()
-
-        def save_leaf(x, hook):
-            self.leaves[hook.name] = x.detach().clone()
-
-        hooks = [(_is_frozen, save_frozen)]
-        hooks += [(_read_hook(h, s), save_read) for h, s in saes.items()]
-        hooks += [(h, save_site) for h in saes]
-        hooks += [(h, save_leaf) for h in self.leaf_hooks]
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            model(self.tokens)
-        self.frozen = frozen
+        self.frozen, self.feats, self.errs, self.leaves = clean_replacement_run(
+            model, saes, self.tokens
+        )
 
     def vector(self, node: str) -> tuple[str, int, torch.Tensor]:
         """``(hook, position, [n, d])``: the node's contribution to its hook's output."""
@@ -137,9 +90,10 @@ class FrozenModel:
         def leaf(x, hook):
             return add(self.leaves[hook.name], hook)
 
-        hooks = [(_is_frozen, frozen)]
-        hooks += [(_read_hook(h, s), keep_read) for h, s in saes.items()]
-        hooks += [(h, site) for h in saes] + [(h, leaf) for h in self.leaf_hooks]
+        hooks = [(is_frozen_hook, frozen)]
+        hooks += [(dictionary_read_hook(h, s), keep_read) for h, s in saes.items()]
+        hooks += [(h, site) for h in saes]
+        hooks += [(h, leaf) for h in replacement_leaf_hooks(self.model, saes)]
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             logits = self.model(self.tokens)
         last = logits[:, -1]
@@ -153,10 +107,7 @@ class FrozenModel:
         hook, rest = spec.split("/")
         feature, pos = (int(x) for x in rest[1:].split("@"))
         sae = saes[hook]
-        x = reads[_read_hook(hook, sae)][:, pos]
-        if not isinstance(sae, Transcoder) and sae.cfg.apply_b_dec_to_input:
-            x = x - sae.b_dec
-        return x @ sae.W_enc[:, feature] + sae.b_enc[feature]
+        return pre_activation(sae, reads[dictionary_read_hook(hook, sae)][:, pos], feature)
 
     def all_nodes(self) -> list[str]:
         nodes = []

@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_random_sae, make_random_transcoder, make_tiny_model
-from sae_lens import Transcoder
+from conftest import (
+    TRACING_ROWS,
+    clean_replacement_run,
+    dictionary_read_hook,
+    is_frozen_hook,
+    make_replacement_dictionaries,
+    make_tiny_model,
+    pre_activation,
+    replacement_leaf_hooks,
+)
 
 from sfc_plugin.circuit import Circuit
 from sfc_plugin.tracing.direct import direct_effects
@@ -23,31 +31,13 @@ from sfc_plugin.tracing.trace import TraceBudgetError, trace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# All prefixes (clean and patch) are 4 tokens with the embedded tokenizer; answers one token.
-ROWS = [
-    dict(clean_prefix=c, patch_prefix=p, clean_answer=" the", patch_answer=" a")
-    for c, p in [
-        ("The cat sat on", "A dog ran to"),
-        ("The man went to", "The bird flew over"),
-        ("One girl ran into", "A cat sat near"),
-    ]
-]
+ROWS = TRACING_ROWS
 N_LAYERS = 3
 METRIC = "metric"
 
 
-def make_saes(n_layers: int = N_LAYERS, skip_mlp: tuple[int, ...] = (), topk_layer: int = 1):
-    """An SAE at every attention output (TopK at ``topk_layer``) and a transcoder at every
-    MLP (except the layers in ``skip_mlp``)."""
-    saes = {}
-    for layer in range(n_layers):
-        attn, mlp = f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"
-        arch = "topk" if layer == topk_layer else "standard"
-        saes[attn] = make_random_sae(attn, 32, 24, seed=layer, arch=arch)
-        if layer not in skip_mlp:
-            read = f"blocks.{layer}.ln2.hook_normalized"
-            saes[mlp] = make_random_transcoder(read, mlp, 32, 32, 16, seed=10 + layer)
-    return saes
+def make_saes(skip_mlp: tuple[int, ...] = ()):
+    return make_replacement_dictionaries(N_LAYERS, skip_mlp)
 
 
 # ------------------------------------------------------------------ ground truth (independent)
@@ -63,14 +53,6 @@ def _tokens(model, rows):
     return clean, ids[0], ids[1]
 
 
-def _is_frozen(name: str) -> bool:
-    return name.endswith("attn.hook_pattern") or name.endswith("hook_scale")
-
-
-def _read_hook(hook: str, sae) -> str:
-    return sae.cfg.metadata.hook_name if isinstance(sae, Transcoder) else hook
-
-
 def live_influences(model, saes, rows, feature_targets=(), metric=True):
     """Per-example influence of every node on ``T = metric + sum of the feature targets'
     pre-activations`` in the live replacement model: ``{node id: [n]}``, the target
@@ -78,35 +60,9 @@ def live_influences(model, saes, rows, feature_targets=(), metric=True):
     ``feature_targets``: ``(hook, feature, position)`` of transcoder/SAE features."""
     tokens, clean_ans, patch_ans = _tokens(model, rows)
     n, n_pos = tokens.shape
-    mlp_out = [f"blocks.{layer}.hook_mlp_out" for layer in range(model.cfg.n_layers)]
-    frozen_mlps = [h for h in mlp_out if h not in saes]
-    embeds = [h for h in ("hook_embed", "hook_pos_embed") if h in model.hook_dict]
 
     # clean run of the unmodified model: patterns, scales, site errors and frozen leaves
-    frozen, reads, clean_err, clean_feat, leaves = {}, {}, {}, {}, {}
-
-    def save_frozen(x, hook):
-        frozen[hook.name] = x.detach().clone()
-
-    def save_read(x, hook):
-        reads[hook.name] = x.detach().clone()
-
-    def save_site(x, hook):
-        sae = saes[hook.name]
-        x_in = reads[_read_hook(hook.name, sae)]
-        f = sae.encode(x_in)
-        clean_feat[hook.name] = f.detach().clone()
-        clean_err[hook.name] = (x - sae.decode(f)).detach().clone()
-
-    def save_leaf(x, hook):
-        leaves[hook.name] = x.detach().clone()
-
-    hooks = [(_is_frozen, save_frozen)]
-    hooks += [(_read_hook(h, s), save_read) for h, s in saes.items()]
-    hooks += [(h, save_site) for h in saes]
-    hooks += [(h, save_leaf) for h in frozen_mlps + embeds]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(tokens)
+    frozen, clean_feat, clean_err, leaves = clean_replacement_run(model, saes, tokens)
 
     # live replacement run
     deltas = {h: torch.zeros_like(f, requires_grad=True) for h, f in clean_feat.items()}
@@ -122,26 +78,24 @@ def live_influences(model, saes, rows, feature_targets=(), metric=True):
 
     def site_out(x, hook):
         sae = saes[hook.name]
-        f = sae.encode(live_reads[_read_hook(hook.name, sae)]) + deltas[hook.name]
+        f = sae.encode(live_reads[dictionary_read_hook(hook.name, sae)]) + deltas[hook.name]
         return sae.decode(f) + errs[hook.name]
 
     def leaf_out(x, hook):
         return leaf_in[hook.name]
 
-    hooks = [(_is_frozen, replace_frozen)]
-    hooks += [(_read_hook(h, s), keep_read) for h, s in saes.items()]
+    hooks = [(is_frozen_hook, replace_frozen)]
+    hooks += [(dictionary_read_hook(h, s), keep_read) for h, s in saes.items()]
     hooks += [(h, site_out) for h in saes]
-    hooks += [(h, leaf_out) for h in frozen_mlps + embeds]
+    hooks += [(h, leaf_out) for h in replacement_leaf_hooks(model, saes)]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
         logits = model(tokens)
         # reads of target features (their pre-activations), taken in the same live pass
         pres = []
         for hook, feature, position in feature_targets:
             sae = saes[hook]
-            x = live_reads[_read_hook(hook, sae)][:, position]
-            if not isinstance(sae, Transcoder) and sae.cfg.apply_b_dec_to_input:
-                x = x - sae.b_dec
-            pres.append(x @ sae.W_enc[:, feature] + sae.b_enc[feature])
+            x = live_reads[dictionary_read_hook(hook, sae)][:, position]
+            pres.append(pre_activation(sae, x, feature))
         last = logits[:, -1]
         ar = torch.arange(n)
         value = torch.zeros(n)
