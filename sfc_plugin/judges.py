@@ -289,6 +289,21 @@ def _check_lexicon(words: Iterable[str], argument: str) -> frozenset[str]:
     return out
 
 
+def _lexicon_score(
+    evidence: dict[str, list[list[str]]], lexicon: frozenset[str]
+) -> tuple[float, str]:
+    """The weighted share of the evidence items matching ``lexicon`` (``lexicon_judge``),
+    and the matched words with their counts (``"she x3, her x1"``, or ``"none"``)."""
+    total = sum(_WEIGHTS[k] for k in evidence) or 1.0
+    found: Counter[str] = Counter()
+    score = 0.0
+    for kind, items in evidence.items():
+        hits = [[w for w in item if w in lexicon] for item in items]
+        found.update(w for hit in hits for w in hit)
+        score += _WEIGHTS[kind] * sum(bool(h) for h in hits) / len(items) / total
+    return score, ", ".join(f"{w} x{n}" for w, n in found.most_common()) or "none"
+
+
 def lexicon_judge(
     spurious_words: Iterable[str] = GENDER_WORDS,
     relevant_words: Iterable[str] = PROFESSION_WORDS,
@@ -325,23 +340,14 @@ def lexicon_judge(
 
     def decide(d: FeatureDescription) -> tuple[bool, str]:
         evidence = _evidence(d, window)
-        total = sum(_WEIGHTS[k] for k in evidence) or 1.0
-        scores, found = [], []
-        for lexicon in (spurious, relevant):
-            words: Counter[str] = Counter()
-            score = 0.0
-            for kind, items in evidence.items():
-                hits = [[w for w in item if w in lexicon] for item in items]
-                words.update(w for hit in hits for w in hit)
-                score += _WEIGHTS[kind] * sum(bool(h) for h in hits) / len(items) / total
-            scores.append(score)
-            found.append(", ".join(f"{w} x{n}" for w, n in words.most_common()) or "none")
-        g, r = scores
+        (g, spurious_found), (r, relevant_found) = (
+            _lexicon_score(evidence, lexicon) for lexicon in (spurious, relevant)
+        )
         verdict = g >= min_share and g >= min_ratio * r
         return verdict, (
             f"spurious score {g:.2f}, relevant score {r:.2f} (spurious iff >= {min_share:g} "
-            f"and >= {min_ratio:g} x relevant); spurious words: {found[0]}; "
-            f"relevant words: {found[1]}"
+            f"and >= {min_ratio:g} x relevant); spurious words: {spurious_found}; "
+            f"relevant words: {relevant_found}"
         )
 
     return _NamedJudge(name, decide)
@@ -366,15 +372,7 @@ def keyword_judge(
         raise ValueError(f"window must be an int >= 0, got {window!r}")
 
     def decide(d: FeatureDescription) -> tuple[bool, str]:
-        evidence = _evidence(d, window)
-        total = sum(_WEIGHTS[k] for k in evidence) or 1.0
-        found: Counter[str] = Counter()
-        score = 0.0
-        for kind, items in evidence.items():
-            hits = [[w for w in item if w in lexicon] for item in items]
-            found.update(w for hit in hits for w in hit)
-            score += _WEIGHTS[kind] * sum(bool(h) for h in hits) / len(items) / total
-        words_found = ", ".join(f"{w} x{n}" for w, n in found.most_common()) or "none"
+        score, words_found = _lexicon_score(_evidence(d, window), lexicon)
         return score < min_share, (
             f"task score {score:.2f} (pruned iff < {min_share:g}); task words: {words_found}"
         )
