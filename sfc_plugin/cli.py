@@ -9,6 +9,7 @@
     sfc reproduce                            # regenerates docs/reproduction.md
     sfc trace --data train.jsonl --out traced.json   # a circuit of direct effects
     sfc compare-tracing                      # regenerates docs/tracing_vs_sfc.md
+    sfc levers                               # regenerates docs/faithfulness_levers.md
     sfc corpus --out DIR                     # the offline SAE training corpus
     sfc train --corpus DIR --out RUN         # SAEs at many hooks, resumable
     sfc bundle RUN/saes                      # ship them as the package's SAE release
@@ -17,6 +18,7 @@
 Each command turns its options into one call of a typed library function (``circuit_report``,
 ``circuit_scores``, ``run_demo``, ``run_shift_experiment``, ``run_behaviours_experiment``,
 ``reproduce(ReproduceSettings)``, ``trace``, ``compare_tracing(ComparisonSettings)``,
+``levers(LeverSettings)``,
 ``build_corpus``, ``train(TrainConfig)``, ``bundle``,
 ``sae_quality``) whose parameters have the options' names.
 Library modules are imported only when a command runs, so ``--help`` stays instant.
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reproduce_parser(sub)
     _trace_parser(sub)
     _compare_tracing_parser(sub)
+    _levers_parser(sub)
     _corpus_parser(sub)
     _train_parser(sub)
     _bundle_parser(sub)
@@ -433,6 +436,26 @@ def _compare_tracing_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
     p.add_argument("--index-tokens", type=int, default=30_000, help="dashboard sample tokens")
     p.add_argument("--fresh", action="store_true", help="recompute finished tasks")
+
+
+def _levers_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "levers",
+        help="regenerate docs/faithfulness_levers.md (what limits small circuits' faithfulness)",
+        description="Per row (one lever changed: method, first evaluated layer, error nodes, "
+        "which sites, transcoders): node effects on training pairs, the top-k nodes scored on "
+        "held-out pairs. Finished rows under OUT/faithfulness_levers/ are reused unless "
+        "--fresh (sfc_plugin.experiments.levers.levers).",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default="docs", help="directory of faithfulness_levers.md")
+    p.add_argument("--rows", nargs="+", default=None, help="rows to run (default: all)")
+    p.add_argument("--task", choices=TASKS, default="across_rc", help="agreement task")
+    p.add_argument("--train", type=int, default=32, help="training pairs (node effects)")
+    p.add_argument("--test", type=int, default=64, help="held-out pairs (scores)")
+    p.add_argument("--steps", type=int, default=10, help="IG steps")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--fresh", action="store_true", help="recompute finished rows")
 
 
 def _weight(arg: str) -> tuple[str, float]:
@@ -752,6 +775,13 @@ def _run_compare_tracing(args: argparse.Namespace) -> None:
     print(f"wrote {page}")
 
 
+def _run_levers(args: argparse.Namespace) -> None:
+    from sfc_plugin.experiments import levers
+
+    page = levers.levers(levers.LeverSettings(**_options(args)))
+    print(f"wrote {page}")
+
+
 def _run_corpus(args: argparse.Namespace) -> int:
     from sfc_plugin.training import corpus
 
@@ -840,6 +870,7 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "reproduce": _run_reproduce,
     "trace": _run_trace,
     "compare-tracing": _run_compare_tracing,
+    "levers": _run_levers,
     "corpus": _run_corpus,
     "train": _run_train,
     "bundle": _run_bundle,

@@ -5,6 +5,7 @@ from sfc_plugin.evaluation.curves import (
     CURVE_COLUMNS,
     default_thresholds,
     faithfulness_curve,
+    interpolated_nodes,
     nodes_to_reach,
 )
 from sfc_plugin.evaluation.scores import (
@@ -28,5 +29,6 @@ __all__ = [
     "default_thresholds",
     "faithfulness",
     "faithfulness_curve",
+    "interpolated_nodes",
     "nodes_to_reach",
 ]

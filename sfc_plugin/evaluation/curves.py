@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 from sae_lens import SAE
 from tqdm.auto import tqdm
@@ -154,3 +155,21 @@ def nodes_to_reach(curve: pd.DataFrame, level: float, column: str = "faithfulnes
         hit = part[part[column] >= level]
         out[kind] = int(hit.nodes.min()) if len(hit) else None
     return out
+
+
+def interpolated_nodes(
+    curve: pd.DataFrame, level: float, column: str = "faithfulness"
+) -> float | None:
+    """The circuit size at which one curve (``nodes`` and ``column``) first reaches
+    ``level``, log-linear between the sweep points around the crossing (None if it never
+    does; the smallest size if the first point already does)."""
+    part = curve[curve.nodes > 0].sort_values("nodes").reset_index(drop=True)
+    above = part.index[part[column] >= level]
+    if len(above) == 0:
+        return None
+    i = int(above[0])
+    if i == 0:
+        return float(part.nodes[0])
+    lo, hi = part.iloc[i - 1], part.iloc[i]
+    t = (level - lo[column]) / (hi[column] - lo[column])
+    return float(np.exp(np.log(lo.nodes) + t * (np.log(hi.nodes) - np.log(lo.nodes))))

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -41,7 +40,7 @@ from sfc_plugin.attribution import node_effects
 from sfc_plugin.circuit import Circuit
 from sfc_plugin.datasets import TASKS, agreement, ioi
 from sfc_plugin.dictionaries import load_saes
-from sfc_plugin.evaluation import Evaluator, default_thresholds
+from sfc_plugin.evaluation import Evaluator, default_thresholds, interpolated_nodes
 from sfc_plugin.experiments.reproduce import END, START, write_page
 from sfc_plugin.frontend.dashboards import feature_index
 from sfc_plugin.frontend.plots import plot_faithfulness_curve
@@ -128,21 +127,6 @@ def contrast_words(rows: list[dict]) -> set[str]:
     return words
 
 
-def _interpolated_size(curve: pd.DataFrame, level: float) -> float | None:
-    """Nodes at which the curve first reaches ``level`` (log-linear between sweep points)."""
-    part = curve[curve.nodes > 0].sort_values("nodes")
-    above = part[part.faithfulness >= level]
-    if above.empty:
-        return None
-    hit = above.index[0]
-    i = list(part.index).index(hit)
-    if i == 0:
-        return float(part.loc[hit, "nodes"])
-    lo, hi = part.iloc[i - 1], part.iloc[i]
-    t = (level - lo.faithfulness) / (hi.faithfulness - lo.faithfulness)
-    return float(np.exp(np.log(lo.nodes) + t * (np.log(hi.nodes) - np.log(lo.nodes))))
-
-
 def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a | b else float("nan")
 
@@ -211,7 +195,7 @@ def run_task(model, saes, task: str, settings: ComparisonSettings, directory: Pa
         "sfc_seconds": sfc_seconds,
         "reach": {
             kind: {
-                str(level): _interpolated_size(curve[curve.kind == kind], level)
+                str(level): interpolated_nodes(curve[curve.kind == kind], level)
                 for level in (0.5, 0.8)
             }
             for kind in ("SFC", "traced")

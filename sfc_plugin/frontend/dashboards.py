@@ -42,6 +42,7 @@ import html
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
@@ -644,6 +645,18 @@ class Dashboard:
         """The largest activation on the sample (0 if the feature never fires)."""
         return self.contexts[0].activation if self.contexts else 0.0
 
+    @property
+    def label(self) -> str:
+        """A short name for pictures: the max-activating token most of its top contexts
+        share (stripped; the stronger context breaks ties), else its most promoted token as
+        ``→token``; "" for a feature that never fired and promotes nothing."""
+        tops = Counter(visible(c.tokens[c.focus]).strip() for c in self.contexts)
+        tops.pop("", None)
+        if tops:
+            return tops.most_common(1)[0][0]
+        promoted = [t for t in (visible(e.token).strip() for e in self.promoted) if t]
+        return f"→{promoted[0]}" if promoted else ""
+
     def __repr__(self) -> str:
         return (
             f"Dashboard({self.node}: fires on {self.fired}/{self.n_tokens} tokens, "
@@ -654,6 +667,7 @@ class Dashboard:
         """A JSON-serialisable summary (all fields, plus node id, firing rate and max)."""
         return {
             "node": self.node,
+            "label": self.label,
             "firing_rate": self.fired / self.n_tokens,
             "max_activation": self.max_activation,
             **asdict(self),

@@ -116,6 +116,7 @@ LEGEND_H = 26  # band at the top holding the legend
 LABEL_H = 34  # band at the bottom holding the column labels
 LEGEND_W = 600  # width the legend needs
 CHAR_W = 6.6  # estimated width of a character at the label font size
+CAPTION_CHARS = 9  # a feature's caption (its dashboard label) is cut to this many characters
 
 POSITIVE = (33, 102, 172)  # blue
 NEGATIVE = (178, 24, 43)  # red
@@ -335,8 +336,9 @@ def _hex(rgb: tuple[int, ...]) -> str:
     return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
-def _shape_svg(s: Shape, scale: float) -> str:
-    """A node: its shape, its label and a tooltip, grouped with its id and effect."""
+def _shape_svg(s: Shape, scale: float, caption: str = "") -> str:
+    """A node: its shape, its label, a tooltip and the ``caption`` under it (a feature's
+    dashboard label), grouped with its id and effect."""
     w, h = NODE_W, NODE_H
     x0, y0 = s.x - w / 2, s.y - h / 2
     text_colour = "#222"
@@ -369,6 +371,13 @@ def _shape_svg(s: Shape, scale: float) -> str:
         f'<text x="{s.x:.1f}" y="{s.y + dy:.1f}" text-anchor="middle" font-size="{size}" '
         f'fill="{text_colour}">{html.escape(s.label)}</text>'
     )
+    if caption:
+        label += (
+            f'<text class="sfc-caption" x="{s.x:.1f}" y="{s.y + h / 2 + 10:.1f}" '
+            f'text-anchor="middle" font-size="9" fill="#555">'
+            f"{html.escape(_token_label(caption, CAPTION_CHARS))}</text>"
+        )
+        tip += f" ({caption})"
     effect = "" if math.isnan(s.effect) else f' data-effect="{s.effect:.6g}"'
     return (
         f'<g class="sfc-node" data-node="{html.escape(s.id)}" data-kind="{s.kind}"{effect}>'
@@ -419,8 +428,10 @@ def _legend_svg(x: float, y: float) -> str:
     return f'<g font-size="11" fill="#333">{"".join(parts)}</g>'
 
 
-def _svg(lay: Layout) -> str:
-    """The picture as one ``<svg>`` element (no script)."""
+def _svg(lay: Layout, captions: Mapping[str, str] | None = None) -> str:
+    """The picture as one ``<svg>`` element (no script); ``captions``: node id -> the
+    text under it."""
+    captions = captions or {}
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{lay.width:.0f}" '
         f'height="{lay.height:.0f}" viewBox="0 0 {lay.width:.0f} {lay.height:.0f}" '
@@ -449,18 +460,23 @@ def _svg(lay: Layout) -> str:
         )
     out.append(_legend_svg(PAD, PAD + 8))
     out += [_edge_svg(lay.shapes, u, d, e, lay.edge_scale) for u, d, e in lay.edges]
-    out += [_shape_svg(s, lay.node_scale) for s in lay.shapes.values()]
+    out += [_shape_svg(s, lay.node_scale, captions.get(s.id, "")) for s in lay.shapes.values()]
     out.append("</svg>")
     return "\n".join(out)
 
 
 def render_svg(
-    circuit: CircuitData, *, tokens: Sequence[str] | None = None, max_nodes: int | None = MAX_NODES
+    circuit: CircuitData,
+    *,
+    dashboards: Dashboards | None = None,
+    tokens: Sequence[str] | None = None,
+    max_nodes: int | None = MAX_NODES,
 ) -> str:
-    """The circuit as a standalone SVG document (no script; tooltips as ``<title>``)."""
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + _svg(
-        layout(circuit, tokens=tokens, max_nodes=max_nodes)
-    )
+    """The circuit as a standalone SVG document (no script; tooltips as ``<title>``), each
+    feature captioned with its dashboard's label when ``dashboards`` knows it."""
+    lay = layout(circuit, tokens=tokens, max_nodes=max_nodes)
+    captions = _captions(_node_infos(lay, dashboards))
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + _svg(lay, captions)
 
 
 def save_svg(circuit: CircuitData, path: str | Path, **options: Any) -> None:
@@ -538,6 +554,27 @@ def _info_fields(info: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _node_infos(lay: Layout, dashboards: Dashboards | None) -> dict[str, dict[str, Any] | str]:
+    """What ``dashboards`` knows about each feature and error node drawn (see
+    ``_hover_info``); nodes it knows nothing about are left out."""
+    if dashboards is None:
+        return {}
+    infos = {}
+    for s in lay.shapes.values():
+        if s.kind in ("feature", "error") and (info := _hover_info(dashboards, s)):
+            infos[s.id] = info
+    return infos
+
+
+def _captions(infos: Mapping[str, dict[str, Any] | str]) -> dict[str, str]:
+    """Node id -> the label its hover info gives (features only; HTML info has none)."""
+    return {
+        node: str(info["label"])
+        for node, info in infos.items()
+        if isinstance(info, Mapping) and info.get("label") and "/f" in node
+    }
+
+
 def _settings_line(circuit: CircuitData) -> str:
     """How the circuit was made, in one line."""
     s = circuit.settings
@@ -566,6 +603,7 @@ def render_html(
     ``max_nodes``: collapse above this many nodes (None: never).
     """
     lay = layout(circuit, tokens=tokens, max_nodes=max_nodes)
+    infos = _node_infos(lay, dashboards)
     nodes: dict[str, dict[str, Any]] = {}
     panels: list[tuple[str, Markup]] = []  # (node id, the caller's HTML)
     for s in lay.shapes.values():
@@ -576,9 +614,7 @@ def render_html(
             entry["token"] = lay.tokens[s.position]
         if s.members:
             entry["members"] = s.members
-        info = None
-        if dashboards is not None and s.kind in ("feature", "error"):
-            info = _hover_info(dashboards, s)
+        info = infos.get(s.id)
         if isinstance(info, str):
             entry["html"] = True
             panels.append((s.id, Markup(info)))
@@ -600,7 +636,7 @@ def render_html(
         collapsed=lay.collapsed,
         max_nodes=max_nodes,
         settings=settings,
-        svg=Markup(_svg(lay)),
+        svg=Markup(_svg(lay, _captions(infos))),
         panels=panels,
         bundle=Markup(bundle),
         data={"nodes": nodes, "edges": [list(e) for e in lay.edges]},

@@ -100,7 +100,7 @@ def test_errors_are_reported_without_traceback(tiny, capsys):
 
 
 COMMANDS = ("data", "circuit", "evaluate", "demo", "shift", "behaviours", "reproduce", "trace",
-            "compare-tracing", "corpus", "train", "bundle", "quality")  # fmt: skip
+            "compare-tracing", "levers", "corpus", "train", "bundle", "quality")  # fmt: skip
 
 HELP_SCRIPT = """
 import sys, sfc_plugin.cli
@@ -211,6 +211,19 @@ def test_compare_tracing_passes_the_library_defaults(monkeypatch, tmp_path):
     assert settings.command() == "sfc compare-tracing --out x --train 8"
     with pytest.raises(ValueError, match="judge_threshold"):
         tracing.ComparisonSettings(judge_threshold=0.5)
+
+
+def test_levers_passes_the_library_defaults(monkeypatch, tmp_path):
+    from sfc_plugin.experiments import levers
+
+    calls = []
+    monkeypatch.setattr(levers, "levers", lambda s: calls.append(s) or tmp_path)
+    assert main(["levers"]) == 0 and calls.pop() == levers.LeverSettings()
+    assert calls == [] and levers.LeverSettings().rows == list(levers.ROWS)
+    assert main(["levers", "--rows", "bundled_ig", "--train", "8", "--out", "x"]) == 0
+    assert calls.pop() == levers.LeverSettings(rows=["bundled_ig"], train=8, out="x")
+    with pytest.raises(ValueError, match="unknown.*bundled_xx"):
+        levers.LeverSettings(rows=["bundled_xx"])
 
 
 def test_shift_passes_the_library_defaults(monkeypatch, tmp_path):

@@ -233,6 +233,34 @@ def test_an_empty_circuit_still_renders():
 # ---------------------------------------------------------------------------------- SVG
 
 
+def test_features_are_captioned_with_their_dashboard_labels(small, tiny, index):
+    node = "blocks.0.hook_resid_post/f3@1"
+    info = {"blocks.0.hook_resid_post/f3": {"label": "<cat>-like-things"}}
+    for svg in (render_svg(small, dashboards=info), render_html(small, dashboards=info)):
+        root = ET.fromstring(svg[svg.index("<svg") : svg.index("</svg>") + 6].encode())
+        captions = {
+            g.get("data-node"): [t.text for t in g.iter(f"{SVG}text") if t.get("class")]
+            for g in root.iter(f"{SVG}g")
+            if g.get("data-node")
+        }
+        assert captions[node] == ["<cat>-li\u2026"]  # cut to CAPTION_CHARS, escaped
+        assert all(c == [] for n, c in captions.items() if n != node)
+    assert "sfc-caption" not in render_svg(small)
+    # from a feature index: each feature's caption is its dashboard's label
+    circuit = tiny[2]
+    root = ET.fromstring(render_svg(circuit, dashboards=index, max_nodes=None).encode())
+    shown = 0
+    for g in root.iter(f"{SVG}g"):
+        if g.get("data-kind") != "feature":
+            continue
+        site, rest = g.get("data-node").split("/")
+        label = index.dashboard(site, int(rest[1:].split("@")[0]), n_contexts=5, n_outputs=8).label
+        texts = [t.text for t in g.iter(f"{SVG}text") if t.get("class") == "sfc-caption"]
+        assert texts == ([label[:9] if len(label) <= 9 else label[:8] + "\u2026"] if label else [])
+        shown += bool(texts)
+    assert shown >= 3
+
+
 def test_svg_has_one_shape_per_node_and_one_path_per_edge(small, tiny, tmp_path):
     for circuit in (small, tiny[2]):
         path = tmp_path / "circuit.svg"

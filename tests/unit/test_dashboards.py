@@ -17,6 +17,7 @@ from sfc_plugin.frontend.dashboards import (
     EDGES,
     ContextView,
     Dashboard,
+    TokenEffect,
     build_feature_index,
     feature_dashboard,
     feature_index,
@@ -242,6 +243,25 @@ def test_tokens_are_escaped_in_the_html():
     body = dash.to_html(bundle=False)
     assert "<script>" not in body and body.count("</script>") == 1  # CircuitsVis' own
     assert "&lt;/script&gt;" in body and json.dumps("a\u21b5b") in body  # newline shown as ↵
+
+
+def test_the_label_is_the_most_shared_top_token_else_the_promoted_one():
+    def view(tokens, focus, activation=1.0):
+        return ContextView(activation, 0, focus, tokens, [0.0] * len(tokens), focus)
+
+    views = [view([" the", " boys"], 1, 3.0), view([" a", " does"], 1), view([" boys", "x"], 0)]
+    promoted = [TokenEffect(" are", 7, 0.9)]
+    dash = Dashboard(
+        "blocks.0.hook_resid_post", 3, 10, 3, views, [0] * 62, EDGES.tolist(), promoted, []
+    )
+    assert dash.label == "boys" and dash.to_dict()["label"] == "boys"
+    tie = Dashboard("h", 0, 10, 2, views[1:2] + views[:1], [0] * 62, EDGES.tolist(), [], [])
+    assert tie.label == "does"  # the stronger context first
+    newline = Dashboard("h", 0, 10, 1, [view(["a", "\n"], 1)], [0] * 62, EDGES.tolist(), [], [])
+    assert newline.label == "\u21b5"
+    silent = Dashboard("h", 0, 10, 0, [], [0] * 62, EDGES.tolist(), promoted, [])
+    assert silent.label == "\u2192are"
+    assert Dashboard("h", 0, 10, 0, [], [0] * 62, EDGES.tolist(), [], []).label == ""
 
 
 def test_without_bos_every_position_counts(tokenizer, sample):
