@@ -36,9 +36,9 @@ from sfc_plugin.datasets.agreement import Task
 from sfc_plugin.dictionaries import load_saes
 from sfc_plugin.evaluation import Evaluator, interpolated_nodes
 from sfc_plugin.experiments.reproduce import END, START, write_page
+from sfc_plugin.experiments.tracing import tracing_dictionaries
 from sfc_plugin.models import load_model
 
-EVERY_THIRD = range(2, 30, 3)
 SIZES = (10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 """The circuit sizes ``k`` each row scores."""
 
@@ -47,13 +47,13 @@ def _bundled(device, keep: Callable[[str], bool] = lambda hook: True) -> dict:
     return {h: s for h, s in load_saes("smollm2-135m-sfc", device=device).items() if keep(h)}
 
 
-def _with_transcoders(device, layers, keep: Callable[[str], bool]) -> dict:
-    saes = _bundled(device, keep)
+def _transcoders_every_third(device) -> dict:
+    """The bundled SAEs with the bundled transcoders in place of the mlp_out SAEs."""
     transcoders = load_saes("smollm2-135m-sfc-transcoders", device=device)
-    saes.update(
-        {f"blocks.{i}.hook_mlp_out": transcoders[f"blocks.{i}.hook_mlp_out"] for i in layers}
-    )
-    return saes
+    return {
+        hook: transcoders[hook] if hook.endswith("mlp_out") else sae
+        for hook, sae in _bundled(device).items()
+    }
 
 
 DICTIONARIES: dict[str, tuple[str, Callable[..., dict]]] = {
@@ -71,11 +71,11 @@ DICTIONARIES: dict[str, tuple[str, Callable[..., dict]]] = {
     ),
     "transcoders_3rd": (
         "SAEs at attn_out and resid_post, transcoders at the MLPs, every third layer",
-        lambda device: _with_transcoders(device, EVERY_THIRD, lambda h: "mlp_out" not in h),
+        _transcoders_every_third,
     ),
     "transcoders_all": (
         "SAEs at attn_out every third layer, transcoders at all 30 MLPs, no resid_post",
-        lambda device: _with_transcoders(device, range(30), lambda h: h.endswith("attn_out")),
+        tracing_dictionaries,
     ),
 }
 """Dictionary sets: name -> (description, ``device -> {hook: SAE}``)."""

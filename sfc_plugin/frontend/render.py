@@ -475,7 +475,7 @@ def render_svg(
     """The circuit as a standalone SVG document (no script; tooltips as ``<title>``), each
     feature captioned with its dashboard's label when ``dashboards`` knows it."""
     lay = layout(circuit, tokens=tokens, max_nodes=max_nodes)
-    captions = _captions(_node_infos(lay, dashboards))
+    captions = _captions(lay, _node_infos(lay, dashboards))
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + _svg(lay, captions)
 
 
@@ -566,12 +566,12 @@ def _node_infos(lay: Layout, dashboards: Dashboards | None) -> dict[str, dict[st
     return infos
 
 
-def _captions(infos: Mapping[str, dict[str, Any] | str]) -> dict[str, str]:
+def _captions(lay: Layout, infos: Mapping[str, dict[str, Any] | str]) -> dict[str, str]:
     """Node id -> the label its hover info gives (features only; HTML info has none)."""
     return {
         node: str(info["label"])
         for node, info in infos.items()
-        if isinstance(info, Mapping) and info.get("label") and "/f" in node
+        if lay.shapes[node].kind == "feature" and isinstance(info, Mapping) and info.get("label")
     }
 
 
@@ -636,7 +636,7 @@ def render_html(
         collapsed=lay.collapsed,
         max_nodes=max_nodes,
         settings=settings,
-        svg=Markup(_svg(lay, _captions(infos))),
+        svg=Markup(_svg(lay, _captions(lay, infos))),
         panels=panels,
         bundle=Markup(bundle),
         data={"nodes": nodes, "edges": [list(e) for e in lay.edges]},
