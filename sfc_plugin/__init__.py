@@ -30,6 +30,7 @@ _EXPORTS = {
     "CircuitScores": "sfc_plugin.evaluation",
     "faithfulness_curve": "sfc_plugin.evaluation",
     "nodes_to_reach": "sfc_plugin.evaluation",
+    "smallest_faithful_threshold": "sfc_plugin.evaluation",
     "approximation_check": "sfc_plugin.attribution",
     "plot_faithfulness_curve": "sfc_plugin.frontend.plots",
     "plot_approximation": "sfc_plugin.frontend.plots",
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
         faithfulness,
         faithfulness_curve,
         nodes_to_reach,
+        smallest_faithful_threshold,
     )
     from sfc_plugin.experiments.report import circuit_report
     from sfc_plugin.frontend.dashboards import (

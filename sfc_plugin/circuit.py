@@ -238,10 +238,14 @@ def circuit_and_effects(
     max_batch_rows: int | None = None,
     effects: NodeEffects | None = None,
     gradient_cache_bytes: int = 2**30,
+    choose_threshold: Callable[[NodeEffects], float] | None = None,
     progress: bool = True,
 ) -> tuple[Circuit, NodeEffects]:
     """``discover_circuit``, also returning the node effects it computed (or was given),
-    for callers that reuse them (threshold sweeps)."""
+    for callers that reuse them (threshold sweeps). ``choose_threshold``: called with the
+    node effects before the edge pass (whose cached gradients it keeps); the node threshold
+    it returns replaces ``node_threshold`` (e.g. ``smallest_faithful_threshold`` on
+    validation pairs)."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -272,6 +276,8 @@ def circuit_and_effects(
                 f"effects were computed with (method, ablation, aggregation, steps) = {given}, "
                 f"not {wanted}"
             )
+    if choose_threshold is not None:
+        node_threshold = float(choose_threshold(effects))
     table = effects.to_frame()
     nodes = table[table.effect.abs() > node_threshold]
     if max_nodes is not None:

@@ -164,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     circuit.add_argument("--node-threshold", type=float, default=0.1)
     circuit.add_argument("--edge-threshold", type=float, default=0.01)
     circuit.add_argument(
+        "--target-faithfulness",
+        type=float,
+        help="instead of --node-threshold: the smallest threshold circuit whose faithfulness "
+        "on --validation-data reaches this",
+    )
+    circuit.add_argument(
+        "--validation-data",
+        help="pairs to choose the threshold on (JSONL; with --target-faithfulness), neither "
+        "the training nor the test pairs",
+    )
+    circuit.add_argument(
         "--aggregation",
         choices=["templatic", "sum"],
         default="templatic",
@@ -214,20 +225,45 @@ def _demo_parser(sub: Any) -> None:
     )
     p.add_argument("--out", default="out/demo", help="output directory")
     p.add_argument("--train", type=int, default=32, help="training pairs")
+    p.add_argument(
+        "--validation", type=int, default=32, help="validation pairs (the node threshold)"
+    )
     p.add_argument("--test", type=int, default=64, help="held-out pairs for evaluation")
     p.add_argument(
         "--method",
         choices=["atp", "ig"],
-        default="atp",
-        help="atp: attribution patching; ig: integrated gradients, about 20x slower",
+        default="ig",
+        help="ig: integrated gradients; atp: attribution patching, about 20x cheaper",
     )
     p.add_argument("--steps", type=int, default=10, help="IG steps (with --method ig)")
-    p.add_argument("--node-threshold", type=float, default=0.1, help="circuit node threshold")
+    p.add_argument(
+        "--dictionaries",
+        choices=["transcoders", "saes"],
+        default="transcoders",
+        help="transcoders: the bundled transcoders at all 30 MLPs and attention SAEs at every "
+        "third layer; saes: the bundled SAEs (attn_out, mlp_out, resid_post, every third layer)",
+    )
+    p.add_argument(
+        "--target-faithfulness",
+        type=_float_or_none,
+        default=0.5,
+        help="the circuit: the smallest threshold circuit reaching this faithfulness on the "
+        "validation pairs ('none': --node-threshold)",
+    )
+    p.add_argument(
+        "--node-threshold",
+        type=float,
+        default=0.1,
+        help="circuit node threshold (with --target-faithfulness none)",
+    )
     p.add_argument("--edge-threshold", type=float, default=0.01, help="circuit edge threshold")
+    p.add_argument(
+        "--neurons", action="store_true", help="also sweep neuron circuits (one more pass)"
+    )
     p.add_argument(
         "--dashboard-tokens",
         type=int,
-        default=32_768,
+        default=4_096,
         help="text-sample tokens scanned for the feature dashboards (0: none)",
     )
 
@@ -619,6 +655,10 @@ def _quality_parser(sub: Any) -> None:
     p.add_argument("--out", help="write the table as Markdown here (and CSV beside it)")
 
 
+def _float_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options (named as the library's parameters), without the command."""
     return {k: v for k, v in vars(args).items() if k != "command"}
@@ -663,6 +703,8 @@ def _run_circuit(args: argparse.Namespace) -> None:
         steps=args.steps,
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
+        data_validation=args.validation_data,
+        target_faithfulness=args.target_faithfulness,
         aggregation=args.aggregation,
         errors=args.errors,
         start_layer=args.start_layer,

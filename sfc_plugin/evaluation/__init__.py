@@ -3,10 +3,12 @@ against circuit size (``curves``)."""
 
 from sfc_plugin.evaluation.curves import (
     CURVE_COLUMNS,
+    ThresholdChoice,
     default_thresholds,
     faithfulness_curve,
     interpolated_nodes,
     nodes_to_reach,
+    smallest_faithful_threshold,
 )
 from sfc_plugin.evaluation.scores import (
     CircuitScores,
@@ -23,6 +25,7 @@ __all__ = [
     "CircuitScores",
     "ErrorPolicy",
     "EvalAblation",
+    "ThresholdChoice",
     "Evaluator",
     "circuit_scores",
     "completeness",
@@ -31,4 +34,5 @@ __all__ = [
     "faithfulness_curve",
     "interpolated_nodes",
     "nodes_to_reach",
+    "smallest_faithful_threshold",
 ]

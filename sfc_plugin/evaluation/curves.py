@@ -6,6 +6,7 @@ circuits and for neuron circuits (identity dictionaries at the same hooks, no er
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +51,66 @@ def default_thresholds(effects: NodeEffects, n: int = 16, decades: float = 4.0) 
     return [top * 0.999 * 10 ** (-decades * i / (n - 1)) for i in range(n)]
 
 
+@dataclass
+class ThresholdChoice:
+    """What ``smallest_faithful_threshold`` chose: the node threshold, the size and
+    faithfulness of its circuit on the selection data, whether that reached the target, and
+    the sweep (``threshold``, ``nodes``, ``faithfulness``; smallest circuit first)."""
+
+    threshold: float
+    nodes: int
+    faithfulness: float
+    target: float
+    reached: bool
+    sweep: pd.DataFrame
+
+
+def smallest_faithful_threshold(
+    effects: NodeEffects,
+    evaluator: Evaluator,
+    target: float = 0.5,
+    thresholds: Sequence[float] | None = None,
+) -> ThresholdChoice:
+    """The largest node threshold whose circuit ``{|effect| > threshold}`` has faithfulness
+    at least ``target`` on ``evaluator``'s data: the smallest threshold circuit that explains
+    the behaviour there. Use held-out *validation* pairs for ``evaluator``, not the pairs the
+    circuit will be scored on, or the choice overfits the score.
+
+    ``thresholds`` (default ``default_thresholds(effects, n=33)``: ratio 1.33 between
+    neighbours) are tried from the largest down and the sweep stops at the first that
+    reaches ``target``; thresholds that keep the same nodes as the one before are skipped.
+    If none reaches it, the most faithful circuit of the sweep is chosen (``reached`` False).
+    """
+    table = effects.to_frame()
+    size = table.effect.abs()
+    chosen = default_thresholds(effects, n=33) if thresholds is None else list(thresholds)
+    rows: list[tuple[float, int, float]] = []
+    previous = -1
+    for t in sorted(chosen, reverse=True):
+        keep = size > t
+        n_kept = int(keep.sum())
+        if n_kept == previous:
+            continue
+        previous = n_kept
+        nodes = list(table.node[keep])
+        rows.append((t, evaluator.count_nodes(nodes), evaluator.score(nodes)))
+        if rows[-1][2] >= target:
+            break
+    if not rows:
+        raise ValueError("no threshold to try: thresholds is empty")
+    sweep = pd.DataFrame(rows, columns=["threshold", "nodes", "faithfulness"])
+    reached = bool(sweep.faithfulness.iloc[-1] >= target)
+    best = sweep.iloc[-1 if reached else int(sweep.faithfulness.to_numpy().argmax())]
+    return ThresholdChoice(
+        threshold=float(best.threshold),
+        nodes=int(best.nodes),
+        faithfulness=float(best.faithfulness),
+        target=target,
+        reached=reached,
+        sweep=sweep,
+    )
+
+
 def faithfulness_curve(
     model: HookedTransformer,
     saes: Mapping[str, SAE],
@@ -57,6 +118,8 @@ def faithfulness_curve(
     data_test: Dataset | str | Path | Sequence[dict[str, Any]],
     thresholds: Sequence[float] | None = None,
     *,
+    points: int = 16,
+    decades: float = 4.0,
     neurons: bool = True,
     method: Literal["exact", "atp", "ig"] = "ig",
     steps: int = 10,
@@ -81,7 +144,7 @@ def faithfulness_curve(
     ``Evaluator`` per kind (or ``evaluators[kind]``, built by the caller on ``data_test``
     with these dictionaries and settings).
     ``thresholds``: absolute values, or None for ``default_thresholds`` of each kind (their
-    effect scales differ).
+    effect scales differ): ``points`` values over ``decades`` below the largest ``|effect|``.
 
     Returns one row per (kind, threshold): ``CURVE_COLUMNS`` (``nodes`` counts the nodes at
     evaluated sites, ``error_nodes`` the error nodes among them).
@@ -125,7 +188,9 @@ def faithfulness_curve(
                 batch_size=batch_size,
                 progress=False,
             )
-        chosen = default_thresholds(eff) if thresholds is None else list(thresholds)
+        chosen = (
+            default_thresholds(eff, points, decades) if thresholds is None else list(thresholds)
+        )
         for t in tqdm(chosen, desc=f"faithfulness curve ({kind})", disable=not progress):
             nodes = list(table.node[table.effect.abs() > t])
             s = ev.scores(nodes)

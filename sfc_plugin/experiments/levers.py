@@ -184,9 +184,9 @@ def generated_section(results: dict[str, dict], settings: LeverSettings) -> str:
         f"node effects, {settings.test} held-out pairs for scores; IG with "
         f"{settings.steps} steps).",
         "",
-        "| row | dictionaries | method | from layer | errors | F@50 | F@100 | F@150 | "
-        "C@100 | nodes for F 0.5 | node effects (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | dictionaries | method | from layer | errors | m(∅)/m(M) | F@50 | F@100 | "
+        "F@150 | C@100 | nodes for F 0.5 | node effects (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lever = r["lever"]
@@ -195,10 +195,18 @@ def generated_section(results: dict[str, dict], settings: LeverSettings) -> str:
         lines.append(
             f"| {name} | {lever['dictionaries']} ({r['sites']} sites) | {lever['method']} | "
             f"{lever['start_layer']} | {'all kept' if lever['all_errors'] else 'ranked'} | "
-            f"{_f(f['50'])} | {_f(f['100'])} | {_f(f['150'])} | {_f(c['100'])} | "
+            f"{r['m_empty'] / r['m_model']:.2f} | {_f(f['50'])} | {_f(f['100'])} | "
+            f"{_f(f['150'])} | {_f(c['100'])} | "
             f"{'not reached' if half is None else f'{half:.0f}'} | {r['effects_seconds']:.0f} |"
         )
-    lines += ["", "Dictionary sets:", ""]
+    lines += [
+        "",
+        "m(∅)/m(M): the share of the model's metric left when every node is ablated (the "
+        "empty circuit); F measures the rest.",
+        "",
+        "Dictionary sets:",
+        "",
+    ]
     lines += [f"- `{name}`: {text}" for name, (text, _) in DICTIONARIES.items()]
     lines += ["", END]
     return "\n".join(lines)

@@ -28,6 +28,19 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _choice_rows(choice: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """How the node threshold was chosen (``circuit_report(target_faithfulness=)``)."""
+    if not choice:
+        return []
+    how = f"smallest circuit with faithfulness >= {choice['target_faithfulness']}"
+    if not choice["reached"]:
+        how += " (not reached: the most faithful of the sweep)"
+    return [
+        ("node threshold chosen on", f"{choice['validation_pairs']} validation pairs: {how}"),
+        ("faithfulness (validation)", f"{choice['validation_faithfulness']:.3f}"),
+    ]
+
+
 def report_html(
     circuit: CircuitData,
     *,
@@ -47,12 +60,13 @@ def report_html(
         ("SAE sites", len(s.get("saes") or {})),
         ("method", f"{s['method']}" + (f" ({s['steps']} steps)" if s.get("steps") else "")),
         ("training pairs", s.get("n_examples")),
-        ("node / edge threshold", f"{s['node_threshold']} / {s['edge_threshold']}"),
+        ("node / edge threshold", f"{s['node_threshold']:.4g} / {s['edge_threshold']:.4g}"),
         (
             "nodes",
             f"{len(circuit.nodes)} ({int((circuit.nodes.kind == 'error').sum())} error nodes)",
         ),
         ("edges", len(circuit.edges)),
+        *_choice_rows(s.get("threshold_choice")),
         ("faithfulness (held out)", f"{faithfulness:.3f}"),
         ("completeness (held out)", f"{completeness:.3f}"),
     ]

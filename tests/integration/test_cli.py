@@ -64,6 +64,19 @@ def test_data_circuit_and_evaluate_commands(tiny, capsys):
     assert got["completeness"] == pytest.approx(want.completeness, abs=1e-6)
     assert got["nodes"] > 0
 
+    # the threshold chosen on validation pairs instead of given
+    assert main(["data", "--task", "across_pp", "--n", "6", "--seed", "1",
+                 "--out", str(tmp / "validation.jsonl")]) == 0  # fmt: skip
+    assert main(
+        ["circuit", "--saes", saes_dir, "--data", str(tmp / "train.jsonl"),
+         "--test-data", str(tmp / "test.jsonl"), "--out", str(tmp / "chosen.html"),
+         "--circuit-out", str(tmp / "chosen.json"), "--method", "atp", "--no-curve",
+         "--target-faithfulness", "0.5", "--validation-data", str(tmp / "validation.jsonl")]
+    ) == 0  # fmt: skip
+    assert "chosen on validation pairs" in capsys.readouterr().out
+    chosen = Circuit.load(tmp / "chosen.json").settings["threshold_choice"]
+    assert chosen["validation_pairs"] == 6 and chosen["target_faithfulness"] == 0.5
+
 
 def test_trace_command(tiny, capsys):
     model, saes, tmp = tiny
@@ -176,8 +189,10 @@ def test_demo_and_reproduce_pass_the_library_defaults(monkeypatch, tmp_path, cap
     expected = _defaults(demo.run_demo)
     monkeypatch.setattr(demo, "run_demo", lambda **options: calls.append(options))
     assert main(["demo"]) == 0 and calls.pop() == expected
-    assert main(["demo", "--method", "ig", "--dashboard-tokens", "0"]) == 0
-    assert calls.pop() == {**expected, "method": "ig", "dashboard_tokens": 0}
+    assert main(["demo", "--method", "atp", "--dashboard-tokens", "0", "--neurons"]) == 0
+    assert calls.pop() == {**expected, "method": "atp", "dashboard_tokens": 0, "neurons": True}
+    assert main(["demo", "--target-faithfulness", "none", "--node-threshold", "0.2"]) == 0
+    assert calls.pop() == {**expected, "target_faithfulness": None, "node_threshold": 0.2}
 
     def fake_reproduce(settings):
         calls.append(settings)

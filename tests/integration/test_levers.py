@@ -39,3 +39,5 @@ def test_a_row_scores_the_top_k_nodes(real_model, all_errors):
     assert result["completeness_at"]["50"] == pytest.approx(expected.completeness, abs=1e-6)
     page = generated_section({"row": result}, LeverSettings())
     assert "| row | resid_only (10 sites) | atp | 10 |" in page
+    share = expected.m_empty / expected.m_model  # what the empty circuit leaves
+    assert f"| {share:.2f} | {result['faithfulness_at']['50']:.2f} |" in page

@@ -303,3 +303,56 @@ def test_approximation_check_against_node_effects_and_plots(tokenizer, pairs, tm
     )
     plot_faithfulness_curve({"a": curve, "b": curve}).savefig(tmp_path / "c.png")
     assert (tmp_path / "a.png").stat().st_size > 5000 and (tmp_path / "c.png").stat().st_size > 5000
+
+
+def test_threshold_chosen_on_validation_is_the_smallest_faithful_circuit(
+    tokenizer, pairs, tmp_path
+):
+    from sfc_plugin.evaluation import smallest_faithful_threshold
+    from sfc_plugin.experiments.report import circuit_report
+
+    model, saes = _setup("sequential", tokenizer)
+    train, validation, test = pairs[:4], pairs[4:7], pairs[7:]
+    effects = node_effects(model, saes, train, method="atp", progress=False)
+    table = effects.to_frame()
+    size = table.effect.abs()
+    # thresholds at the k-th largest |effect|: the circuits are the top k nodes
+    thresholds = [float(size.iloc[k]) for k in range(40)]
+    truth = [
+        faithfulness(model, saes, list(table.node[:k]), validation, progress=False)
+        for k in range(40)
+    ]
+    ev = Evaluator(model, saes, validation, progress=False)
+    target = truth[12]
+    first = next(k for k, f in enumerate(truth) if f >= target)
+    choice = smallest_faithful_threshold(effects, ev, target, thresholds)
+    assert choice.reached and choice.threshold == thresholds[first]
+    assert choice.nodes == ev.count_nodes(list(table.node[:first]))
+    assert choice.faithfulness == pytest.approx(truth[first], abs=1e-6)
+    assert list(choice.sweep.faithfulness) == pytest.approx(truth[: first + 1], abs=1e-6)
+    # out of reach: the most faithful circuit of the sweep
+    best = max(range(40), key=lambda k: truth[k])
+    missed = smallest_faithful_threshold(effects, ev, max(truth) + 1.0, thresholds)
+    assert not missed.reached and missed.threshold == thresholds[best]
+
+    with pytest.raises(ValueError, match="data_validation"):
+        circuit_report(model, saes, train, test, None, target_faithfulness=0.5, progress=False)
+    report = circuit_report(
+        model, saes, train, test, tmp_path / "report.html", method="atp",
+        data_validation=validation, target_faithfulness=target, curve=False, progress=False,
+    )  # fmt: skip
+    chosen = report.choice
+    assert chosen is not None and chosen.reached
+    nodes = list(report.circuit.nodes.node)
+    assert set(nodes) == set(table.node[size > chosen.threshold])
+    assert chosen.faithfulness == pytest.approx(
+        faithfulness(model, saes, nodes, validation, progress=False), abs=1e-6
+    )
+    assert chosen.faithfulness >= target
+    assert report.faithfulness == pytest.approx(
+        faithfulness(model, saes, nodes, test, progress=False), abs=1e-6
+    )
+    assert report.circuit.settings["node_threshold"] == chosen.threshold
+    assert report.circuit.settings["threshold_choice"]["validation_pairs"] == len(validation)
+    assert "validation pairs" in report.summary()
+    assert "validation" in (tmp_path / "report.html").read_text()
