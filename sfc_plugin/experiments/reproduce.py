@@ -275,6 +275,20 @@ def write_page(
         page.write_text(f"# {title}\n\n" + section + "\n")
 
 
+def finished_task(done: Path, settings: ReproduceSettings) -> dict | None:
+    """The summary at ``done`` if it exists and is to be reused (not ``fresh``); an error if
+    it was computed with another attribution method than ``settings.method``."""
+    if settings.fresh or not done.exists():
+        return None
+    summary = json.loads(done.read_text())
+    if summary["method"] != settings.method:
+        raise ValueError(
+            f"{done} holds {summary['method']} results and this run asks for "
+            f"{settings.method}: pass --fresh to replace them, or --out another directory"
+        )
+    return summary
+
+
 def reproduce(settings: ReproduceSettings) -> Path:
     """Run the reproduction described by ``settings`` (printing progress) and rewrite the
     generated section of ``settings.out/reproduction.md``; returns the page's path."""
@@ -288,8 +302,8 @@ def reproduce(settings: ReproduceSettings) -> Path:
     summaries, curves = {}, {}
     for task in settings.tasks:
         done = work / task / "summary.json"
-        if done.exists() and not settings.fresh:
-            summaries[task] = json.loads(done.read_text())
+        if (finished := finished_task(done, settings)) is not None:
+            summaries[task] = finished
             print(f"{task}: already done ({done})")
         else:
             summaries[task] = run_task(model, saes, task, settings, work / task)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import pytest
 import torch
 
 from sfc_plugin.attribution import NodeEffects
-from sfc_plugin.experiments.reproduce import END, START, error_share, overlap, write_page
+from sfc_plugin.experiments.reproduce import (
+    END,
+    START,
+    ReproduceSettings,
+    error_share,
+    finished_task,
+    overlap,
+    write_page,
+)
 
 
 def test_overlap_counts_shared_nodes():
@@ -38,3 +48,13 @@ def test_write_page_keeps_text_around_the_generated_section(tmp_path):
     page.write_text(f"# Mine\nintro\n{START}\nold\n{END}\nclosing words\n")
     write_page(page, f"{START}\nnew\n{END}")
     assert page.read_text() == f"# Mine\nintro\n{START}\nnew\n{END}\nclosing words\n"
+
+
+def test_finished_tasks_are_reused_only_for_the_same_method(tmp_path):
+    done = tmp_path / "summary.json"
+    assert finished_task(done, ReproduceSettings()) is None
+    done.write_text(json.dumps({"task": "simple", "method": "atp"}))
+    assert finished_task(done, ReproduceSettings())["task"] == "simple"
+    assert finished_task(done, ReproduceSettings(fresh=True)) is None
+    with pytest.raises(ValueError, match="holds atp results.*asks for ig"):
+        finished_task(done, ReproduceSettings(method="ig"))
