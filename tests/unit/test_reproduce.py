@@ -54,7 +54,7 @@ def test_finished_tasks_are_reused_only_for_the_same_method(tmp_path):
     done = tmp_path / "summary.json"
     assert finished_task(done, ReproduceSettings()) is None
     done.write_text(json.dumps({"task": "simple", "method": "atp"}))
-    assert finished_task(done, ReproduceSettings())["task"] == "simple"
+    assert finished_task(done, ReproduceSettings()) == {"task": "simple", "method": "atp"}
     assert finished_task(done, ReproduceSettings(fresh=True)) is None
     with pytest.raises(ValueError, match="holds atp results.*asks for ig"):
         finished_task(done, ReproduceSettings(method="ig"))
