@@ -137,7 +137,7 @@ def circuit_report(
     if target_faithfulness is not None and data_validation is not None:
         t0 = time.perf_counter()
         validation = Evaluator(model, saes, data_validation, **options, **common)
-        n_validation = len(read_dataset(data_validation).examples)
+        n_validation = len(validation.tokens.dataset)
         timings["validation ablation values"] = time.perf_counter() - t0
         target = target_faithfulness
 
