@@ -374,15 +374,21 @@ def _reproduce_parser(sub: Any) -> None:
         description="Per task: node effects, faithfulness/completeness curves of feature and "
         "neuron circuits on held-out pairs, the circuit at --node-threshold and the error "
         "share; then the across-RC/across-PP overlap and an approximation check. Finished "
-        "tasks under OUT/reproduction/ are reused unless --fresh; the generated section of "
-        "OUT/reproduction.md is rewritten (sfc_plugin.experiments.reproduce.reproduce).",
+        "tasks under OUT/reproduction/<method>/ are reused unless --fresh; the generated "
+        "section of OUT/reproduction.md is rewritten (sfc_plugin.experiments.reproduce.reproduce).",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("--out", default="docs", help="directory of reproduction.md")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="tasks to run")
     p.add_argument("--train", type=int, default=64, help="training pairs per task")
     p.add_argument("--test", type=int, default=64, help="held-out pairs per task")
-    p.add_argument("--method", choices=["atp", "ig"], default="atp", help="node effects")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["ig", "atp"],
+        default=["ig", "atp"],
+        help="node effects, one sweep each; the first is the page's headline",
+    )
     p.add_argument("--steps", type=int, default=10, help="IG steps")
     p.add_argument("--node-threshold", type=float, default=0.1, help="the circuit reported")
     p.add_argument("--points", type=int, default=21, help="thresholds per curve")

@@ -1,12 +1,13 @@
 """The agreement reproduction on the embedded model: one command regenerates the numbers and
 figures of ``docs/reproduction.md``.
 
-    sfc reproduce [--out docs] [--train 64] [--test 64] [--method atp]
+    sfc reproduce [--out docs] [--train 64] [--test 64] [--methods ig atp]
 
-For each task of METHOD.md section 6 (simple, within_rc, across_rc, across_pp), with the
+For each attribution method (the first is the page's headline, the others are shown beside it)
+and each task of METHOD.md section 6 (simple, within_rc, across_rc, across_pp), with the
 bundled SAEs and neuron dictionaries at the same 30 hooks:
 
-1. node effects on the training pairs (``--method``, patch ablation, templatic);
+1. node effects on the training pairs (IG or AtP, patch ablation, templatic);
 2. faithfulness and completeness of the circuits ``{|IE| > t}`` on held-out pairs for a
    sweep of ``t`` (mean ablation, per position), features and neurons
    (``evaluation.faithfulness_curve``);
@@ -16,17 +17,17 @@ bundled SAEs and neuron dictionaries at the same 30 hooks:
 
 Then the share of nodes common to the across-RC and across-PP circuits (position-free:
 ``site/feature``), and an approximation check (AtP and IG against exact patching) on
-``--approx-task``. Per-task results are written as they finish under ``OUT/reproduction/``
-(a rerun skips finished tasks; ``--fresh`` recomputes); the page's generated section, between
-its ``<!-- generated -->`` markers, is rewritten and the text around it is kept. From Python:
-``reproduce(ReproduceSettings(...))``.
+``--approx-task``. Per-task results are written as they finish under
+``OUT/reproduction/<method>/<task>/`` (a rerun skips finished tasks; ``--fresh``
+recomputes); the page's generated section, between its ``<!-- generated -->`` markers, is
+rewritten and the text around it is kept. From Python: ``reproduce(ReproduceSettings(...))``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -44,20 +45,22 @@ from sfc_plugin.nodes import is_error, without_position
 
 START, END = "<!-- generated:start -->", "<!-- generated:end -->"
 LEVELS = (0.5, 0.8)
+Method = Literal["atp", "ig"]
 
 
 @dataclass
 class ReproduceSettings:
     """The options of ``sfc reproduce`` (same names): where the page goes, which tasks, the
-    pairs, attribution method and IG steps, the circuit threshold, the curve's sweep
-    (``points`` thresholds over ``decades`` powers of ten), and the approximation check
-    (``approx=False`` skips it). ``fresh`` recomputes tasks finished by an earlier run."""
+    pairs, attribution methods (the first is the headline) and IG steps, the circuit
+    threshold, the curve's sweep (``points`` thresholds over ``decades`` powers of ten), and
+    the approximation check (``approx=False`` skips it). ``fresh`` recomputes tasks finished
+    by an earlier run."""
 
     out: str | Path = "docs"
     tasks: list[Task] = field(default_factory=lambda: list(TASKS))
     train: int = 64
     test: int = 64
-    method: Literal["atp", "ig"] = "atp"
+    methods: list[Method] = field(default_factory=lambda: ["ig", "atp"])
     steps: int = 10
     node_threshold: float = 0.1
     points: int = 21
@@ -74,17 +77,20 @@ class ReproduceSettings:
         for name, chosen in (("tasks", self.tasks), ("approx_task", [self.approx_task])):
             if bad := [t for t in chosen if t not in TASKS]:
                 raise ValueError(f"{name}: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
-        if self.method not in ("atp", "ig"):
-            raise ValueError(f"method: {self.method!r}; choose from atp, ig")
+        self.methods = list(self.methods)
+        if not self.methods or (bad := [m for m in self.methods if m not in ("atp", "ig")]):
+            raise ValueError(f"methods: {self.methods!r}; choose one or more of ig, atp")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: {self.methods!r} names a method twice")
 
     def command(self) -> str:
         """The ``sfc reproduce`` command line that the page quotes: ``--out`` and the options
-        that set its numbers (``--train``, ``--test``, ``--method``) where not the defaults."""
-        defaults = {f.name: f.default for f in fields(self)}
+        that set its numbers (``--train``, ``--test``, ``--methods``) where not the defaults."""
+        defaults = ReproduceSettings()
         cmd = "sfc reproduce" + (f" --out {self.out}" if str(self.out) != "docs" else "")
-        for name in ("train", "test", "method"):
-            if getattr(self, name) != defaults[name]:
-                cmd += f" --{name} {getattr(self, name)}"
+        for name in ("train", "test", "methods"):
+            if (value := getattr(self, name)) != getattr(defaults, name):
+                cmd += f" --{name} " + (" ".join(value) if isinstance(value, list) else str(value))
         return cmd
 
 
@@ -100,8 +106,11 @@ def _first_reaching(curve: pd.DataFrame, kind: str, level: float) -> int | None:
     return int(part.nodes.min()) if len(part) else None
 
 
-def run_task(model, saes, task: Task, settings: ReproduceSettings, directory: Path) -> dict:
-    """Effects, curve and summary of one task; written to ``directory`` (summary last)."""
+def run_task(
+    model, saes, task: Task, method: Method, settings: ReproduceSettings, directory: Path
+) -> dict:
+    """Effects, curve and summary of one task with one attribution method; written to
+    ``directory`` (summary last)."""
     directory.mkdir(parents=True, exist_ok=True)
     train = agreement(task, model, n=settings.train, split="train")
     test = agreement(task, model, n=settings.test, split="test")
@@ -112,7 +121,7 @@ def run_task(model, saes, task: Task, settings: ReproduceSettings, directory: Pa
             model,
             d,
             train,
-            method=settings.method,
+            method=method,
             steps=settings.steps,
             batch_size=settings.batch_size,
         )
@@ -142,7 +151,7 @@ def run_task(model, saes, task: Task, settings: ReproduceSettings, directory: Pa
         "n_train": len(train),
         "n_test": len(test),
         "example": train[0],
-        "method": settings.method,
+        "method": method,
         "m_model": scores.m_model,
         "m_empty": scores.m_empty,
         "error_share": error_share(effects["features"]),
@@ -184,45 +193,62 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def generated_section(summaries: dict[str, dict], extra: dict, figures: dict[str, str]) -> str:
-    """The markdown between the page's markers."""
+_METHOD_NAMES = {"ig": "IG", "atp": "AtP"}
+
+
+def generated_section(
+    summaries: dict[str, dict[str, dict]], extra: dict, figures: dict[str, str]
+) -> str:
+    """The markdown between the page's markers. ``summaries``: method -> task -> summary,
+    the headline method first; each table has one row per task and method."""
+    methods = list(summaries)
+    tasks = list(dict.fromkeys(t for per_task in summaries.values() for t in per_task))
+    rows = [(t, m, summaries[m][t]) for t in tasks for m in methods if t in summaries[m]]
     lines = [START, "", f"Generated by `{extra['command']}`.", ""]
     lines += [
-        "| task | train / test pairs | nodes for F≥0.5: features | neurons | "
+        "| task | node effects | train / test pairs | nodes for F≥0.5: features | neurons | "
         "nodes for F≥0.8: features | neurons | error share of \\|IE\\| | time (min) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for task, s in summaries.items():
+    for task, method, s in rows:
         r = s["reach"]
         lines.append(
-            f"| {task} | {s['n_train']} / {s['n_test']} | {_fmt(r['features']['0.5'])} | "
-            f"{_fmt(r['neurons']['0.5'])} | {_fmt(r['features']['0.8'])} | "
-            f"{_fmt(r['neurons']['0.8'])} | {s['error_share']:.2f} | {s['seconds'] / 60:.1f} |"
+            f"| {task} | {_METHOD_NAMES[method]} | {s['n_train']} / {s['n_test']} | "
+            f"{_fmt(r['features']['0.5'])} | {_fmt(r['neurons']['0.5'])} | "
+            f"{_fmt(r['features']['0.8'])} | {_fmt(r['neurons']['0.8'])} | "
+            f"{s['error_share']:.2f} | {s['seconds'] / 60:.1f} |"
         )
     lines += [
         "",
         f"Circuits at node threshold {extra['node_threshold']} (features and errors, "
         "held-out faithfulness and completeness, mean ablation):",
         "",
-        "| task | nodes | of which errors | faithfulness | completeness | m(M) | m(∅) |",
-        "|---|---|---|---|---|---|---|",
+        "| task | node effects | nodes | of which errors | faithfulness | completeness | "
+        "m(M) | m(∅) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for task, s in summaries.items():
+    for task, method, s in rows:
         lines.append(
-            f"| {task} | {s['circuit_nodes']} | {s['circuit_error_nodes']} | "
-            f"{s['circuit_faithfulness']:.3f} | {s['circuit_completeness']:.3f} | "
-            f"{s['m_model']:.3f} | {s['m_empty']:.3f} |"
+            f"| {task} | {_METHOD_NAMES[method]} | {s['circuit_nodes']} | "
+            f"{s['circuit_error_nodes']} | {s['circuit_faithfulness']:.3f} | "
+            f"{s['circuit_completeness']:.3f} | {s['m_model']:.3f} | {s['m_empty']:.3f} |"
         )
-    if "overlap" in extra:
-        o = extra["overlap"]
+    for method, o in extra.get("overlap", {}).items():
         lines += [
             "",
-            f"Across-RC and across-PP circuits (threshold {extra['node_threshold']}, nodes "
-            f"compared as `site/feature`, positions ignored): {o['a']} and {o['b']} nodes, "
-            f"{o['common']} in common: {o['share_of_a']:.0%} of the RC circuit, "
-            f"{o['share_of_b']:.0%} of the PP circuit (Jaccard {o['jaccard']:.2f}).",
+            f"Across-RC and across-PP circuits ({_METHOD_NAMES[method]}, threshold "
+            f"{extra['node_threshold']}, nodes compared as `site/feature`, positions ignored): "
+            f"{o['a']} and {o['b']} nodes, {o['common']} in common: {o['share_of_a']:.0%} of "
+            f"the RC circuit, {o['share_of_b']:.0%} of the PP circuit "
+            f"(Jaccard {o['jaccard']:.2f}).",
         ]
-    lines += ["", f"![faithfulness and completeness curves]({figures['curves']})", ""]
+    for method in methods:
+        lines += [
+            "",
+            f"![faithfulness and completeness curves, {_METHOD_NAMES[method]} node effects]"
+            f"({figures[method]})",
+        ]
+    lines.append("")
     if "approximation" in extra:
         a = extra["approximation"]
         lines += [
@@ -275,16 +301,16 @@ def write_page(
         page.write_text(f"# {title}\n\n" + section + "\n")
 
 
-def finished_task(done: Path, settings: ReproduceSettings) -> dict | None:
+def finished_task(done: Path, method: Method, settings: ReproduceSettings) -> dict | None:
     """The summary at ``done`` if it exists and is to be reused (not ``fresh``); an error if
-    it was computed with another attribution method than ``settings.method``."""
+    it was computed with another attribution method than ``method``."""
     if settings.fresh or not done.exists():
         return None
     summary = json.loads(done.read_text())
-    if summary["method"] != settings.method:
+    if summary["method"] != method:
         raise ValueError(
-            f"{done} holds {summary['method']} results and this run asks for "
-            f"{settings.method}: pass --fresh to replace them, or --out another directory"
+            f"{done} holds {summary['method']} results and this run asks for {method}: "
+            "pass --fresh to replace them, or --out another directory"
         )
     return summary
 
@@ -299,25 +325,31 @@ def reproduce(settings: ReproduceSettings) -> Path:
     model = load_model("smollm2-135m")
     saes = load_saes("smollm2-135m-sfc")
 
-    summaries, curves = {}, {}
-    for task in settings.tasks:
-        done = work / task / "summary.json"
-        if (finished := finished_task(done, settings)) is not None:
-            summaries[task] = finished
-            print(f"{task}: already done ({done})")
-        else:
-            summaries[task] = run_task(model, saes, task, settings, work / task)
-            print(f"{task}: done in {summaries[task]['seconds']:.0f} s")
-        curves[task] = pd.read_csv(work / task / "curve.csv")
-
+    summaries: dict[str, dict[str, dict]] = {}
+    figures: dict[str, str] = {}
     extra: dict = {"node_threshold": settings.node_threshold}
-    if {"across_rc", "across_pp"} <= set(summaries):
-        extra["overlap"] = overlap(
-            summaries["across_rc"]["circuit_nodes_summed"],
-            summaries["across_pp"]["circuit_nodes_summed"],
+    for method in settings.methods:
+        summaries[method], curves = {}, {}
+        for task in settings.tasks:
+            directory = work / method / task
+            finished = finished_task(directory / "summary.json", method, settings)
+            if finished is not None:
+                summaries[method][task] = finished
+                print(f"{method} {task}: already done ({directory})")
+            else:
+                summary = run_task(model, saes, task, method, settings, directory)
+                summaries[method][task] = summary
+                print(f"{method} {task}: done in {summary['seconds']:.0f} s")
+            curves[task] = pd.read_csv(directory / "curve.csv")
+        figures[method] = f"reproduction/{method}/curves.png"
+        plot_faithfulness_curve(curves, title=f"{_METHOD_NAMES[method]} node effects").savefig(
+            out / figures[method], dpi=110
         )
-    figures = {"curves": "reproduction/curves.png"}
-    plot_faithfulness_curve(curves).savefig(out / figures["curves"], dpi=110)
+        if {"across_rc", "across_pp"} <= set(summaries[method]):
+            extra.setdefault("overlap", {})[method] = overlap(
+                summaries[method]["across_rc"]["circuit_nodes_summed"],
+                summaries[method]["across_pp"]["circuit_nodes_summed"],
+            )
     if settings.approx:
         path, timing = work / "approximation.csv", work / "approximation_seconds.txt"
         if path.exists() and timing.exists() and not settings.fresh:

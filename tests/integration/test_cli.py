@@ -202,16 +202,19 @@ def test_demo_and_reproduce_pass_the_library_defaults(monkeypatch, tmp_path, cap
     assert main(["reproduce"]) == 0 and calls.pop() == reproduce.ReproduceSettings()
     assert "reproduction.md" in capsys.readouterr().out
     argv = ["reproduce", "--tasks", "across_rc", "--no-approx", "--train", "32", "--out", "x"]
-    assert main(argv) == 0
+    assert main([*argv, "--methods", "atp"]) == 0
     settings = calls.pop()
     assert settings == reproduce.ReproduceSettings(
-        tasks=["across_rc"], approx=False, train=32, out="x"
+        tasks=["across_rc"], approx=False, train=32, out="x", methods=["atp"]
     )
     # the command line the page quotes: what sets its numbers, when not the defaults
-    assert settings.command() == "sfc reproduce --out x --train 32"
+    assert settings.command() == "sfc reproduce --out x --train 32 --methods atp"
     assert reproduce.ReproduceSettings().command() == "sfc reproduce"
     with pytest.raises(ValueError, match="approx_task"):
         reproduce.ReproduceSettings(approx_task="nope")
+    for methods in ([], ["ig", "ig"], ["eap"]):
+        with pytest.raises(ValueError, match="methods"):
+            reproduce.ReproduceSettings(methods=methods)  # type: ignore[arg-type]
 
 
 def test_compare_tracing_passes_the_library_defaults(monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ from sfc_plugin.experiments.reproduce import (
     ReproduceSettings,
     error_share,
     finished_task,
+    generated_section,
     overlap,
     write_page,
 )
@@ -52,9 +53,34 @@ def test_write_page_keeps_text_around_the_generated_section(tmp_path):
 
 def test_finished_tasks_are_reused_only_for_the_same_method(tmp_path):
     done = tmp_path / "summary.json"
-    assert finished_task(done, ReproduceSettings()) is None
+    assert finished_task(done, "atp", ReproduceSettings()) is None
     done.write_text(json.dumps({"task": "simple", "method": "atp"}))
-    assert finished_task(done, ReproduceSettings()) == {"task": "simple", "method": "atp"}
-    assert finished_task(done, ReproduceSettings(fresh=True)) is None
+    assert finished_task(done, "atp", ReproduceSettings()) == {"task": "simple", "method": "atp"}
+    assert finished_task(done, "atp", ReproduceSettings(fresh=True)) is None
     with pytest.raises(ValueError, match="holds atp results.*asks for ig"):
-        finished_task(done, ReproduceSettings(method="ig"))
+        finished_task(done, "ig", ReproduceSettings())
+
+
+def _summary(task: str, method: str, reach: int) -> dict:
+    return {
+        "task": task, "method": method, "n_train": 64, "n_test": 64, "seconds": 60.0,
+        "reach": {k: {"0.5": reach, "0.8": None} for k in ("features", "neurons")},
+        "error_share": 0.2, "circuit_nodes": reach, "circuit_error_nodes": 3,
+        "circuit_faithfulness": 0.5, "circuit_completeness": 0.1, "m_model": -2.0,
+        "m_empty": 0.0,
+    }  # fmt: skip
+
+
+def test_generated_section_puts_each_method_beside_the_headline():
+    summaries = {
+        "ig": {t: _summary(t, "ig", 11) for t in ("simple", "across_rc")},
+        "atp": {t: _summary(t, "atp", 22) for t in ("simple", "across_rc")},
+    }
+    figures = {"ig": "reproduction/ig/curves.png", "atp": "reproduction/atp/curves.png"}
+    text = generated_section(summaries, {"node_threshold": 0.1, "command": "sfc x"}, figures)
+    table = [line for line in text.splitlines() if line.startswith("| simple")]
+    # both tables: the task's IG row, then its AtP row
+    assert [row.split(" | ")[1] for row in table] == ["IG", "AtP", "IG", "AtP"]
+    assert table[0].split(" | ")[3] == "11" and table[1].split(" | ")[3] == "22"
+    assert text.index("| simple | IG") < text.index("| across_rc | IG")
+    assert text.index("](reproduction/ig/curves.png)") < text.index("](reproduction/atp/")
