@@ -29,7 +29,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import pandas as pd
 import torch
@@ -78,7 +78,7 @@ class ReproduceSettings:
             if bad := [t for t in chosen if t not in TASKS]:
                 raise ValueError(f"{name}: unknown task(s) {bad}; choose from {', '.join(TASKS)}")
         self.methods = list(self.methods)
-        if not self.methods or (bad := [m for m in self.methods if m not in ("atp", "ig")]):
+        if not self.methods or [m for m in self.methods if m not in get_args(Method)]:
             raise ValueError(f"methods: {self.methods!r}; choose one or more of ig, atp")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods: {self.methods!r} names a method twice")

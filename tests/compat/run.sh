@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The library's tests that need no training, against the oldest (and with COMPAT_ENDS="oldest
 # newest", also the newest) SAELens the library allows (the "sae-lens>=A,<B" line of
-# pyproject.toml's dependencies). The SAE trainer
-# (sfc_plugin/training/) is pinned tighter, in the [train] extra, and is not tested here.
+# pyproject.toml's dependencies). The SAE trainer (sfc_plugin/training/) is pinned tighter, in
+# the [train] extra, and is not tested here.
 #
 #   tests/compat/run.sh [pytest args...]      # e.g. -x, -k faithfulness
 #
