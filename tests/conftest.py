@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import huggingface_hub.constants as hf_constants
 import pytest
 import torch
 from sae_lens import (
@@ -341,3 +343,41 @@ def server(monkeypatch):
     yield fake
     fake.httpd.shutdown()
     fake.httpd.server_close()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Refuse (and record) every outgoing connection or DNS lookup during the test."""
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] if len(args) > 1 else args)
+        raise OSError("network access attempted during an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+@pytest.fixture
+def hf_offline(tmp_path, monkeypatch, no_network):
+    """Point huggingface_hub at an empty cache in tmp_path and force offline mode.
+
+    huggingface_hub reads HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE into
+    ``huggingface_hub.constants`` at import time, and ``hf_hub_download`` (the only hub
+    function SAELens' loaders call, always without ``cache_dir``) reads
+    ``constants.HF_HUB_CACHE`` and ``constants.is_offline_mode()`` at call time, so the
+    constants are patched along with the environment.
+    """
+    home = tmp_path / "hf_home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    for var, value in {"HF_HOME": home, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(var, str(value))
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    if hasattr(hf_constants, "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.setattr(hf_constants, "HUGGINGFACE_HUB_CACHE", str(cache))
+    return cache

@@ -9,18 +9,11 @@ forced offline and every socket connect / DNS lookup is recorded and refused.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import socket
-from pathlib import Path
-
-import huggingface_hub.constants as hf_constants
 import pytest
 import torch
 from conftest import sae_metadata
+from hub_cache import HubCache
 from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
-from safetensors.torch import save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import sfc_plugin.dictionaries.loading as dictionaries
@@ -37,7 +30,6 @@ D_SAE = 64
 RELEASE = "gpt2-small-res-jb"
 REPO_ID = "jbloom/GPT2-Small-SAEs-Reformatted"
 IDS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
-COMMIT = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,31 +75,12 @@ def tiny_model() -> HookedTransformer:
 
 
 @pytest.fixture
-def no_network(monkeypatch):
-    """Refuse (and record) every outgoing connection or DNS lookup during the test."""
-    attempts: list[object] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[1:] if len(args) > 1 else args)
-        raise OSError("network access attempted during an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
-
-
-@pytest.fixture
 def bundled(monkeypatch):
     """An empty bundled-release registry for the duration of the test."""
     monkeypatch.setattr(dictionaries, "_BUNDLED_RELEASES", {})
 
 
 # --------------------------------------------------------------------------- HF hub cache
-
-
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def legacy_jb_cfg(hook_name: str, layer: int) -> dict:
@@ -158,42 +131,6 @@ def legacy_jb_cfg(hook_name: str, layer: int) -> dict:
     }
 
 
-class HubCache:
-    """A local Hugging Face hub cache laid out exactly as ``hf_hub_download`` leaves it."""
-
-    def __init__(self, root: Path, repo_id: str, commit: str = COMMIT):
-        self.root = root
-        self.repo_dir = root / ("models--" + repo_id.replace("/", "--"))
-        self.commit = commit
-        (self.repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-        (self.repo_dir / "blobs").mkdir(exist_ok=True)
-        # huggingface_hub reads refs/main verbatim (no strip): no trailing newline.
-        (self.repo_dir / "refs" / "main").write_text(commit)
-
-    def snapshot_path(self, filename: str) -> Path:
-        return self.repo_dir / "snapshots" / self.commit / filename
-
-    def add_file(self, filename: str, data: bytes, lfs: bool) -> Path:
-        # The blob is named by its etag: sha256 for LFS files, the git blob sha1 otherwise.
-        etag = hashlib.sha256(data).hexdigest() if lfs else _git_blob_sha1(data)
-        blob = self.repo_dir / "blobs" / etag
-        blob.write_bytes(data)
-        link = self.snapshot_path(filename)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-        return link
-
-    def add_sae(self, folder: str, cfg: dict, weights: dict[str, torch.Tensor], sparsity=None):
-        self.add_file(f"{folder}/cfg.json", json.dumps(cfg).encode(), lfs=False)
-        tmp = self.root / "tmp.safetensors"
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-        self.add_file(f"{folder}/sae_weights.safetensors", tmp.read_bytes(), lfs=True)
-        if sparsity is not None:
-            save_file({"sparsity": sparsity}, str(tmp))
-            self.add_file(f"{folder}/sparsity.safetensors", tmp.read_bytes(), lfs=True)
-        tmp.unlink()
-
-
 def random_weights(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -202,29 +139,6 @@ def random_weights(seed: int) -> dict[str, torch.Tensor]:
         "b_enc": torch.randn(D_SAE, generator=g),
         "b_dec": torch.randn(D_IN, generator=g),
     }
-
-
-@pytest.fixture
-def hf_offline(tmp_path, monkeypatch, no_network):
-    """Point huggingface_hub at an empty cache in tmp_path and force offline mode.
-
-    huggingface_hub reads HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE into
-    ``huggingface_hub.constants`` at import time, and ``hf_hub_download`` (the only hub
-    function SAELens' loaders call, always without ``cache_dir``) reads
-    ``constants.HF_HUB_CACHE`` and ``constants.is_offline_mode()`` at call time, so the
-    constants are patched along with the environment.
-    """
-    home = tmp_path / "hf_home"
-    cache = home / "hub"
-    cache.mkdir(parents=True)
-    for var, value in {"HF_HOME": home, "HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1"}.items():
-        monkeypatch.setenv(var, str(value))
-    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    if hasattr(hf_constants, "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.setattr(hf_constants, "HUGGINGFACE_HUB_CACHE", str(cache))
-    return cache
 
 
 @pytest.fixture

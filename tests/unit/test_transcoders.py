@@ -4,16 +4,13 @@ layout), each against values computed directly in the test."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_random_sae, make_random_transcoder, make_tiny_model
+from hub_cache import HubCache, write_dunefsky
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sfc_plugin.datasets.text import token_batches
@@ -119,54 +116,12 @@ def _gpt2_like(d_model=16, n_layers=2):
     return HookedTransformer(cfg)
 
 
-def _write_dunefsky(directory: Path, layer: int, width: int, n_features: int, seed: int, drop=()):
-    """A file in the exact format of Dunefsky's transcoder_circuits: torch.save of {"cfg":
-    sae_training.config.LanguageModelSAERunnerConfig, "state_dict": ...}."""
-    pkg, mod = types.ModuleType("sae_training"), types.ModuleType("sae_training.config")
-
-    @dataclasses.dataclass
-    class LanguageModelSAERunnerConfig:
-        model_name: str = "gpt2-small"
-        hook_point: str = f"blocks.{layer}.ln2.hook_normalized"
-        hook_point_layer: int = layer
-        d_in: int = width
-        dtype: torch.dtype = torch.float32
-        device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-        is_transcoder: bool = True
-        out_hook_point: str = f"blocks.{layer}.hook_mlp_out"
-        out_hook_point_layer: int = layer
-        d_out: int = width
-        expansion_factor: int = n_features // width
-
-    LanguageModelSAERunnerConfig.__module__ = "sae_training.config"
-    LanguageModelSAERunnerConfig.__qualname__ = "LanguageModelSAERunnerConfig"
-    mod.LanguageModelSAERunnerConfig = LanguageModelSAERunnerConfig  # type: ignore[attr-defined]
-    g = torch.Generator().manual_seed(seed)
-    state = {
-        "W_enc": torch.randn(width, n_features, generator=g) / width**0.5,
-        "b_enc": -0.2 * torch.rand(n_features, generator=g),
-        "W_dec": torch.randn(n_features, width, generator=g) / n_features**0.5,
-        "b_dec": 0.3 * torch.randn(width, generator=g),
-        "b_dec_out": 0.1 * torch.randn(width, generator=g),
-    }
-    state = {k: v for k, v in state.items() if k not in drop}
-    path = directory / (
-        f"final_sparse_autoencoder_gpt2-small_blocks.{layer}.ln2.hook_normalized_{n_features}.pt"
-    )
-    sys.modules.update({"sae_training": pkg, "sae_training.config": mod})
-    try:
-        torch.save({"cfg": LanguageModelSAERunnerConfig(), "state_dict": state}, path)
-    finally:
-        del sys.modules["sae_training"], sys.modules["sae_training.config"]
-    return path, state
-
-
 def test_dunefsky_transcoders_load_as_sites_with_their_own_formula(tmp_path):
     """A directory of Dunefsky files loads by path (their code is not importable here): each
     becomes a site at (ln2.hook_normalized, hook_mlp_out) whose features are
     ReLU((x - b_dec) W_enc + b_enc) and whose error is mlp_out - (f W_dec + b_dec_out)."""
     model = _gpt2_like()
-    raw = {L: _write_dunefsky(tmp_path, L, 16, 64, seed=L)[1] for L in (0, 1)}
+    raw = {L: write_dunefsky(tmp_path, L, 16, 64, seed=L)[1] for L in (0, 1)}
     saes = load_saes(tmp_path)
     assert list(saes) == ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"]
     tokens = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
@@ -186,12 +141,12 @@ def test_dunefsky_transcoders_load_as_sites_with_their_own_formula(tmp_path):
 
 
 def test_dunefsky_files_with_missing_keys_or_bad_shapes_are_named(tmp_path):
-    path, _ = _write_dunefsky(tmp_path, 0, 16, 32, seed=0, drop=("b_dec_out",))
+    path, _ = write_dunefsky(tmp_path, 0, 16, 32, seed=0, drop=("b_dec_out",))
     with pytest.raises(ValueError, match=rf"{path.name}.*lacks \['b_dec_out'\]"):
         load_saes(path)
     bad = tmp_path / "other"
     bad.mkdir()
-    path, state = _write_dunefsky(bad, 0, 16, 32, seed=0)
+    path, state = write_dunefsky(bad, 0, 16, 32, seed=0)
     wrong = {**state, "b_enc": torch.zeros(31)}
     torch.save({"cfg": None, "state_dict": wrong}, path)
     with pytest.raises(
@@ -203,19 +158,13 @@ def test_dunefsky_files_with_missing_keys_or_bad_shapes_are_named(tmp_path):
 # ------------------------------------------------------------ SAELens releases, by name
 
 
-def test_gemma_scope_transcoder_by_name_from_the_hub_cache(tmp_path, monkeypatch):
+def test_gemma_scope_transcoder_by_name_from_the_hub_cache(tmp_path, hf_offline, no_network):
     """``load_saes("gemma-scope-2b-pt-transcoders", sae_ids=...)`` with the hub offline reads
     the file from the hub's cache layout (params.npz as Gemma Scope ships it), keys the
     transcoder by hook_mlp_out, and works as a site on a one-layer model of Gemma 2 2B's
     width: features are JumpReLU(x W_enc + b_enc) at ln2.hook_normalized."""
     sae_id = "layer_0/width_16k/average_l0_76"
     d_model, d_sae = 2304, 16384
-    repo = tmp_path / "hub" / "models--google--gemma-scope-2b-pt-transcoders"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    folder = repo / "snapshots" / commit / sae_id
-    folder.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
     rng = np.random.default_rng(0)
     live = 64  # only the first features are non-zero (cheap to check against)
     w_enc = np.zeros((d_model, d_sae), np.float16)
@@ -229,14 +178,10 @@ def test_gemma_scope_transcoder_by_name_from_the_hub_cache(tmp_path, monkeypatch
         "b_dec": (0.1 * rng.standard_normal(d_model)).astype(np.float16),
         "threshold": np.full(d_sae, 0.5, np.float16),
     }
-    np.savez(folder / "params.npz", **params)
+    np.savez(tmp_path / "params.npz", **params)
     del w_enc, w_dec
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = HubCache(hf_offline, "google/gemma-scope-2b-pt-transcoders")
+    hub.add_file(f"{sae_id}/params.npz", (tmp_path / "params.npz").read_bytes())
     saes = load_saes("gemma-scope-2b-pt-transcoders", sae_ids=sae_id, device="cpu")
     tc = saes["blocks.0.hook_mlp_out"]
     assert type(tc).__name__ == "JumpReLUTranscoder"
@@ -258,6 +203,7 @@ def test_gemma_scope_transcoder_by_name_from_the_hub_cache(tmp_path, monkeypatch
     assert (want > 0).any() and (want == 0).any()
     torch.testing.assert_close(got[:, :live].double(), want, atol=1e-3, rtol=1e-3)
     assert not got[:, live:].any()
+    assert no_network == []
 
 
 def test_a_transcoder_of_the_wrong_width_is_named(model):
