@@ -4,7 +4,8 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 # the tutorials that make test re-executes (stored with their outputs; docs/tutorials.md)
-TUTORIALS := tutorials/01_node_effects.ipynb
+TUTORIALS := tutorials/01_node_effects.ipynb tutorials/02_circuits_and_evaluation.ipynb \
+	tutorials/03_shift.ipynb tutorials/04_behaviours.ipynb tutorials/05_tracing.ipynb
 
 .PHONY: demo test venv lint browser
 

@@ -407,6 +407,7 @@ def build_feature_index(
     max_tokens: int = 200_000,
     k: int = 20,
     window: tuple[int, int] = (24, 8),
+    progress: bool = True,
 ) -> FeatureIndex:
     """Scan ``sample`` once for all SAEs and return the index (uncached; see the module
     docstring and :func:`feature_index`).
@@ -427,7 +428,8 @@ def build_feature_index(
     rows: list[Tensor] = []
     n_rows = 0
     batches = token_batches(model, read_texts(sample), context, batch_size)
-    with tqdm(total=max_rows * (context - first), unit="tok", desc="Feature index") as bar:
+    total = max_rows * (context - first)
+    with tqdm(total=total, unit="tok", desc="Feature index", disable=not progress) as bar:
         for tokens in batches:
             tokens = tokens[: max_rows - n_rows]
             _, cache = model.run_with_cache(
@@ -544,9 +546,11 @@ def feature_index(
     max_tokens: int = 200_000,
     k: int = 20,
     window: tuple[int, int] = (24, 8),
+    progress: bool = True,
 ) -> FeatureIndex:
     """The :class:`FeatureIndex` of ``saes``: read from the disk cache, or built with
-    :func:`build_feature_index` (same arguments) and cached.
+    :func:`build_feature_index` (same arguments; ``progress``: a bar while building) and
+    cached.
 
     ``model`` is only needed for a build; if it is None, the model the SAEs name in
     ``cfg.metadata.model_name`` is loaded, if ``load_model`` knows it (the embedded model or
@@ -566,6 +570,7 @@ def feature_index(
             max_tokens=max_tokens,
             k=k,
             window=window,
+            progress=progress,
         )
         index.meta.update(model=name, sample=str(sample), context=context, max_tokens=max_tokens)
         index.save(tmp)

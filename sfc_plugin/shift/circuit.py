@@ -139,7 +139,9 @@ def probe_circuit(
     floor = float(feats.effect.min()) if len(feats) else float("inf")
     errors = frame[(frame.kind == "error") & (frame.effect.abs() >= floor)]
     return ProbeCircuit(
-        features=feats[["node", "hook_name", "feature", "effect"]].reset_index(drop=True),
+        features=feats[["node", "hook_name", "feature", "effect"]]
+        .astype({"feature": "Int64"})
+        .reset_index(drop=True),
         errors=errors[["node", "hook_name", "effect"]].reset_index(drop=True),
         effects=effects,
         seconds=time.perf_counter() - start,

@@ -88,9 +88,15 @@ def recipe_code(page: str) -> str:
 
 
 def run_recipe(
-    page: str, hf_home: Path, tmp_path: Path, prelude: str = "", smaller: dict | None = None
+    page: str,
+    hf_home: Path,
+    tmp_path: Path,
+    model_shape: tuple[int, int],
+    prelude: str = "",
+    smaller: dict | None = None,
 ) -> dict:
-    """Run the page's code offline against the cache in ``hf_home``; the driver's report.
+    """Run the page's code offline against the cache in ``hf_home``; the driver's report,
+    after checking that the model has the stand-in's ``(n_layers, d_model)``.
 
     ``smaller``: exact substitutions in the code (each must occur) that shrink the data where
     the real dictionary sizes would make the test slow."""
@@ -120,6 +126,7 @@ def run_recipe(
     )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["attempts"] == [], f"{page} tried to reach the network: {report['attempts']}"
+    assert (report["model"]["n_layers"], report["model"]["d_model"]) == model_shape
     report["work"] = work
     return report
 
@@ -157,6 +164,15 @@ def add_causal_lm(
         (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
         (Path(tmp) / "special_tokens_map.json").write_text(json.dumps(special))
         hub.add_directory(Path(tmp))
+
+
+def random_sae_weights(d_in: int, d_sae: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) / d_sae**0.5,
+        "b_enc": -0.1 * torch.rand(d_sae, generator=g),
+        "b_dec": 0.1 * torch.randn(d_in, generator=g),
+    }
 
 
 def checksums(weights: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -230,12 +246,7 @@ def pythia_hub(tmp_path):
         assert info.get("conversion_func") is None  # SAELens' plain loader
         hub = HubCache(cache, info["repo_id"])
         for sae in info["saes"]:
-            weights = {
-                "W_enc": torch.randn(PYTHIA_D, PYTHIA_SAE, generator=g) / PYTHIA_D**0.5,
-                "W_dec": torch.randn(PYTHIA_SAE, PYTHIA_D, generator=g) / PYTHIA_SAE**0.5,
-                "b_enc": 0.1 * torch.randn(PYTHIA_SAE, generator=g),
-                "b_dec": 0.1 * torch.randn(PYTHIA_D, generator=g),
-            }
+            weights = random_sae_weights(PYTHIA_D, PYTHIA_SAE, g)
             sparsity = -5 * torch.rand(PYTHIA_SAE, generator=g)
             hub.add_sae(sae["path"], pythia_sae_cfg(sae["id"]), weights, sparsity)
             written[sae["id"]] = checksums(weights)
@@ -244,8 +255,7 @@ def pythia_hub(tmp_path):
 
 def test_pythia_70m_recipe_runs_offline(pythia_hub, tmp_path):
     home, written = pythia_hub
-    report = run_recipe("pythia-70m.md", home, tmp_path)
-    assert (report["model"]["n_layers"], report["model"]["d_model"]) == (6, PYTHIA_D)
+    report = run_recipe("pythia-70m.md", home, tmp_path, model_shape=(6, PYTHIA_D))
     saes = report["saes"]["saes"]
     hooks = ["blocks.0.hook_resid_pre"] + [
         f"blocks.{L}.{h}"
@@ -319,12 +329,7 @@ def gpt2_hub(tmp_path):
     for sae in info["saes"]:
         layer = int(re.search(r"blocks\.(\d+)", sae["id"]).group(1))
         hook = f"blocks.{layer}.attn.hook_z"
-        weights = {
-            "W_enc": torch.randn(GPT2_D, GPT2_SAE, generator=g) / GPT2_D**0.5,
-            "W_dec": torch.randn(GPT2_SAE, GPT2_D, generator=g) / GPT2_SAE**0.5,
-            "b_enc": -0.1 * torch.rand(GPT2_SAE, generator=g),
-            "b_dec": 0.1 * torch.randn(GPT2_D, generator=g),
-        }
+        weights = random_sae_weights(GPT2_D, GPT2_SAE, g)
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(weights, Path(tmp) / "w.pt")
             attention.add_file(sae["path"], (Path(tmp) / "w.pt").read_bytes())
@@ -337,8 +342,7 @@ def gpt2_hub(tmp_path):
 
 def test_gpt2_transcoders_recipe_runs_offline(gpt2_hub, tmp_path):
     home, written = gpt2_hub
-    report = run_recipe("gpt2-transcoders.md", home, tmp_path)
-    assert (report["model"]["n_layers"], report["model"]["d_model"]) == (12, GPT2_D)
+    report = run_recipe("gpt2-transcoders.md", home, tmp_path, model_shape=(12, GPT2_D))
     saes = report["saes"]["saes"]
     assert sorted(saes) == sorted(written)
     for hook, got in saes.items():
@@ -459,8 +463,8 @@ def test_gemma_2_2b_recipe_runs_offline(gemma_hub, tmp_path):
         'n=64, split="train"': 'n=8, split="train"',
         'n=64, split="test"': 'n=8, split="test"',
     }
-    report = run_recipe("gemma-2-2b.md", home, tmp_path, prelude=GEMMA_PRELUDE, smaller=smaller)
-    assert (report["model"]["n_layers"], report["model"]["d_model"]) == (GEMMA_LAYERS, GEMMA_D)
+    shape = (GEMMA_LAYERS, GEMMA_D)
+    report = run_recipe("gemma-2-2b.md", home, tmp_path, shape, GEMMA_PRELUDE, smaller)
     sets = report["saes"]
     kinds = {"saes": ("res", "att", "mlp"), "replacement": ("transcoders", "att")}
     for name, wanted in kinds.items():

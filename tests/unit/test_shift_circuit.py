@@ -181,6 +181,8 @@ def test_probe_circuit_keeps_the_largest_positive_effects(setup):
     assert circuit.nodes == list(want.node)
     assert (circuit.features.effect.diff().dropna() <= 0).all()
     assert set(circuit.features.hook_name) <= set(HOOKS)
+    assert str(circuit.features.feature.dtype) == "Int64"  # indices, as in Circuit.nodes
+    assert list(circuit.features.feature) == list(want.feature)
     floor = circuit.features.effect.min()
     assert (circuit.errors.effect.abs() >= floor).all()
     assert len(circuit.errors) == int(
