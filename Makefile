@@ -37,8 +37,8 @@ test: $(STAMP) browser
 	$(PY) -m ruff check sfc_plugin tests benchmarks
 	$(PY) -m ruff format --check sfc_plugin tests benchmarks
 	.venv/bin/pyright -p pyproject.toml
-	$(PY) -m pytest -q
-	$(PY) -m pytest -q -p no:cacheprovider --nbmake $(TUTORIALS)
+	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --durations=5 --nbmake $(TUTORIALS)
 	tests/compat/run.sh
 
 lint: $(STAMP)

@@ -56,6 +56,17 @@ def _transcoders_every_third(device) -> dict:
     }
 
 
+def _every_layer(device) -> dict:
+    """Attention-output SAEs and MLP transcoders at all 30 layers: every attention and MLP
+    output is a site."""
+    return load_saes(
+        {
+            **load_saes("smollm2-135m-sfc-attn", device=device),
+            **load_saes("smollm2-135m-sfc-transcoders", device=device),
+        }
+    )
+
+
 DICTIONARIES: dict[str, tuple[str, Callable[..., dict]]] = {
     "bundled": (
         "SAEs at attn_out, mlp_out and resid_post, every third layer",
@@ -76,6 +87,11 @@ DICTIONARIES: dict[str, tuple[str, Callable[..., dict]]] = {
     "transcoders_all": (
         "SAEs at attn_out every third layer, transcoders at all 30 MLPs, no resid_post",
         tracing_dictionaries,
+    ),
+    "every_layer": (
+        "SAEs at attn_out (`smollm2-135m-sfc-attn`) and transcoders at the MLPs, all 30 "
+        "layers, no resid_post",
+        _every_layer,
     ),
 }
 """Dictionary sets: name -> (description, ``device -> {hook: SAE}``)."""
@@ -101,6 +117,8 @@ ROWS: dict[str, Lever] = {
     "transcoders_3rd_ig": Lever("transcoders_3rd", "ig"),
     "transcoders_all_atp": Lever("transcoders_all", "atp"),
     "transcoders_all_ig": Lever("transcoders_all", "ig"),
+    "every_layer_atp": Lever("every_layer", "atp"),
+    "every_layer_ig": Lever("every_layer", "ig"),
 }
 
 

@@ -21,6 +21,7 @@ DOCS = Path(__file__).parents[2] / "docs"
 # release -> (quality table, the hook each dictionary reads, given the one it writes)
 RELEASES = {
     "smollm2-135m-sfc": (DOCS / "sae_quality.csv", lambda hook: hook),
+    "smollm2-135m-sfc-attn": (DOCS / "attn_sae_quality.csv", lambda hook: hook),
     "smollm2-135m-sfc-transcoders": (
         DOCS / "transcoder_quality.csv",
         lambda hook: hook.replace("hook_mlp_out", "ln2.hook_normalized"),
