@@ -14,14 +14,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
 COMMIT = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
 LFS_SUFFIXES = (".safetensors", ".npz", ".pt", ".bin", ".model")
@@ -55,10 +54,7 @@ class HubCache:
         etag = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
         blob = self.repo_dir / "blobs" / etag
         blob.write_bytes(data)
-        link = self.snapshot_path(filename)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-        return link
+        return self._link(filename, blob)
 
     def move_file(self, filename: str, source: Path, lfs: bool = True) -> Path:
         """Move the file ``source`` into the cache as ``filename`` (for large files: no copy
@@ -69,6 +65,9 @@ class HubCache:
                 digest.update(chunk)
         blob = self.repo_dir / "blobs" / digest.hexdigest()
         os.replace(source, blob)
+        return self._link(filename, blob)
+
+    def _link(self, filename: str, blob: Path) -> Path:
         link = self.snapshot_path(filename)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
@@ -77,18 +76,15 @@ class HubCache:
     def add_json(self, filename: str, obj: object) -> Path:
         return self.add_file(filename, json.dumps(obj, indent=2).encode(), lfs=False)
 
-    def add_directory(self, directory: Path, prefix: str = "") -> None:
+    def add_directory(self, directory: Path) -> None:
         """Store every file of ``directory`` (e.g. written by ``save_pretrained``)."""
         for path in sorted(Path(directory).rglob("*")):
             if path.is_file():
-                name = prefix + path.relative_to(directory).as_posix()
-                self.add_file(name, path.read_bytes())
+                self.add_file(path.relative_to(directory).as_posix(), path.read_bytes())
 
     def add_safetensors(self, filename: str, tensors: dict[str, torch.Tensor]) -> Path:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "t.safetensors"
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-            return self.add_file(filename, path.read_bytes(), lfs=True)
+        data = save_safetensors({k: v.contiguous() for k, v in tensors.items()})
+        return self.add_file(filename, data, lfs=True)
 
     def add_sae(
         self,

@@ -12,6 +12,7 @@ wrote into the cache.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from hub_cache import HubCache, bpe_tokenizer
 
 import sfc_plugin as sfc
@@ -131,12 +131,12 @@ def run_recipe(
     return report
 
 
-def release(name: str) -> dict:
-    """SAELens' entry for a release (its ``pretrained_saes.yaml``): repo_id, saes, ..."""
-    from importlib.resources import files
+def release(name: str):
+    """SAELens' directory entry for a release: ``repo_id``, ``conversion_func``, ``saes_map``
+    (SAE id -> path in the repository)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    with files("sae_lens").joinpath("pretrained_saes.yaml").open() as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))[name]
+    return get_pretrained_saes_directory()[name]
 
 
 def agreement_texts() -> list[str]:
@@ -243,13 +243,13 @@ def pythia_hub(tmp_path):
     g = torch.Generator().manual_seed(0)
     for name in ("res", "att", "mlp"):
         info = release(f"pythia-70m-deduped-{name}-sm")
-        assert info.get("conversion_func") is None  # SAELens' plain loader
-        hub = HubCache(cache, info["repo_id"])
-        for sae in info["saes"]:
+        assert info.conversion_func is None  # SAELens' plain loader
+        hub = HubCache(cache, info.repo_id)
+        for sae_id, folder in info.saes_map.items():
             weights = random_sae_weights(PYTHIA_D, PYTHIA_SAE, g)
             sparsity = -5 * torch.rand(PYTHIA_SAE, generator=g)
-            hub.add_sae(sae["path"], pythia_sae_cfg(sae["id"]), weights, sparsity)
-            written[sae["id"]] = checksums(weights)
+            hub.add_sae(folder, pythia_sae_cfg(sae_id), weights, sparsity)
+            written[sae_id] = checksums(weights)
     return home, written
 
 
@@ -323,19 +323,19 @@ def gpt2_hub(tmp_path):
         written[f"blocks.{layer}.hook_mlp_out"] = checksums(state)
     transcoders.add_json(".gitattributes", {})  # a non-.pt file the download skips
     info = release("gpt2-small-hook-z-kk")
-    assert info["conversion_func"] == "connor_rob_hook_z"
-    attention = HubCache(cache, info["repo_id"])
+    assert info.conversion_func == "connor_rob_hook_z"
+    attention = HubCache(cache, info.repo_id)
     g = torch.Generator().manual_seed(100)
-    for sae in info["saes"]:
-        layer = int(re.search(r"blocks\.(\d+)", sae["id"]).group(1))
+    for sae_id, sae_file in info.saes_map.items():
+        layer = int(re.search(r"blocks\.(\d+)", sae_id).group(1))
         hook = f"blocks.{layer}.attn.hook_z"
         weights = random_sae_weights(GPT2_D, GPT2_SAE, g)
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(weights, Path(tmp) / "w.pt")
-            attention.add_file(sae["path"], (Path(tmp) / "w.pt").read_bytes())
+        buffer = io.BytesIO()
+        torch.save(weights, buffer)
+        attention.add_file(sae_file, buffer.getvalue())
         cfg = {"act_name": hook, "act_size": GPT2_D, "dict_size": GPT2_SAE, "layer": layer,
                "site": "z", "model_name": "gpt2-small", "lr": 0.0012, "l1_coeff": 1.0}  # fmt: skip
-        attention.add_json(sae["path"].split(".pt")[0] + "_cfg.json", cfg)
+        attention.add_json(sae_file.split(".pt")[0] + "_cfg.json", cfg)
         written[hook] = checksums(weights)
     return home, written
 
@@ -390,10 +390,7 @@ def gemma_scope_params(d_in: int, seed: int, path: Path) -> tuple[float, float]:
     w_enc = np.zeros((d_in, GEMMA_SAE), np.float16)
     w_enc[:, :GEMMA_LIVE] = rng.standard_normal((d_in, GEMMA_LIVE)) / d_in**0.5
     w_dec = np.zeros((GEMMA_SAE, d_in), np.float16)
-    w_dec[:GEMMA_LIVE] = (
-        rng.standard_normal((GEMMA_LIVE, GEMMA_D if d_in == GEMMA_Z else d_in))[:, :d_in]
-        / GEMMA_LIVE**0.5
-    )
+    w_dec[:GEMMA_LIVE] = rng.standard_normal((GEMMA_LIVE, d_in)) / GEMMA_LIVE**0.5
     np.savez(
         path,
         W_enc=w_enc,
@@ -444,14 +441,14 @@ def gemma_hub(tmp_path):
     for kind, hook in hooks.items():
         name = f"gemma-scope-2b-pt-{kind}" + ("" if kind == "transcoders" else "-canonical")
         info = release(name)
-        hub = HubCache(cache, info["repo_id"])
-        for sae in info["saes"][:GEMMA_LAYERS]:
-            layer = int(re.match(r"layer_(\d+)/width_16k/", sae["id"]).group(1))
+        hub = HubCache(cache, info.repo_id)
+        for sae_id, folder in list(info.saes_map.items())[:GEMMA_LAYERS]:
+            layer = int(re.match(r"layer_(\d+)/width_16k/", sae_id).group(1))
             assert layer < GEMMA_LAYERS
             npz = tmp_path / "params.npz"
             d_in = GEMMA_Z if kind == "att" else GEMMA_D
             sums = gemma_scope_params(d_in, seed=len(written), path=npz)
-            hub.move_file(f"{sae['path']}/params.npz", npz)
+            hub.move_file(f"{folder}/params.npz", npz)
             written[(kind, hook.format(layer))] = sums
     return home, written
 
