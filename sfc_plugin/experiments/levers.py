@@ -232,7 +232,8 @@ def generated_section(results: dict[str, dict], settings: LeverSettings) -> str:
 
 def levers(settings: LeverSettings) -> Path:
     """Run the rows of ``settings`` (printing progress), writing each row's result as it
-    finishes, and rewrite the generated section of ``settings.out/faithfulness_levers.md``."""
+    finishes, and rewrite the generated section of ``settings.out/faithfulness_levers.md``
+    with every finished row (those run now and those found done), in the order of ``ROWS``."""
     out = Path(settings.out)
     work = out / "faithfulness_levers"
     work.mkdir(parents=True, exist_ok=True)
@@ -240,17 +241,19 @@ def levers(settings: LeverSettings) -> Path:
     model = load_model("smollm2-135m")
     train = agreement(settings.task, model, n=settings.train, split="train")
     test = agreement(settings.task, model, n=settings.test, split="test")
-    results = {}
     for name in settings.rows or ():
         done = work / f"{name}.json"
         if done.exists() and not settings.fresh:
-            results[name] = json.loads(done.read_text())
             print(f"{name}: already done ({done})")
             continue
         t0 = time.perf_counter()
-        results[name] = run_row(model, ROWS[name], train, test, settings)
-        done.write_text(json.dumps(results[name], indent=1))
+        done.write_text(json.dumps(run_row(model, ROWS[name], train, test, settings), indent=1))
         print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    results = {
+        name: json.loads((work / f"{name}.json").read_text())
+        for name in ROWS
+        if (work / f"{name}.json").exists()
+    }
     page = out / "faithfulness_levers.md"
     write_page(page, generated_section(results, settings), title="What limits faithfulness")
     return page

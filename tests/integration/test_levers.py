@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 
 from sfc_plugin.datasets import agreement
 from sfc_plugin.evaluation import Evaluator
+from sfc_plugin.experiments import levers as levers_module
 from sfc_plugin.experiments.levers import (
     DICTIONARIES,
+    ROWS,
     Lever,
     LeverSettings,
     generated_section,
+    levers,
     run_row,
 )
 
@@ -41,3 +46,29 @@ def test_a_row_scores_the_top_k_nodes(real_model, all_errors):
     assert "| row | resid_only (10 sites) | atp | 10 |" in page
     share = expected.m_empty / expected.m_model  # what the empty circuit leaves
     assert f"| {share:.2f} | {result['faithfulness_at']['50']:.2f} |" in page
+
+
+def test_the_page_lists_every_finished_row_in_order(monkeypatch, tmp_path):
+    """A run of some rows writes them and rewrites the page with every finished row: those
+    found done (not recomputed) and those run now, in the order of ROWS."""
+    ran = []
+
+    def fake_row(model, lever, train, test, settings):
+        ran.append(lever)
+        return {"lever": asdict(lever), "sites": 3, "ranked_nodes": 9, "error_nodes": 1,
+                "effects_seconds": 1.0, "m_model": -2.0, "m_empty": -0.5,
+                "faithfulness_at": {"50": 0.5, "100": 0.75, "150": 1.0},
+                "completeness_at": {"50": 0.1, "100": 0.0, "150": 0.0},
+                "nodes_for_half": 50.0, "curve": []}  # fmt: skip
+
+    monkeypatch.setattr(levers_module, "load_model", lambda name: None)
+    monkeypatch.setattr(levers_module, "agreement", lambda *args, **kwargs: [])
+    monkeypatch.setattr(levers_module, "run_row", fake_row)
+    first, *_, last = list(ROWS)
+    levers(LeverSettings(out=tmp_path, rows=[last]))
+    page = levers(LeverSettings(out=tmp_path, rows=[first, last]))
+    assert ran == [ROWS[last], ROWS[first]]  # last was found done the second time
+    page = levers(LeverSettings(out=tmp_path, rows=[first]))  # the page keeps last
+    assert len(ran) == 2
+    rows = [line.split(" | ")[0] for line in page.read_text().splitlines()]
+    assert [r for r in rows if r.removeprefix("| ") in ROWS] == [f"| {first}", f"| {last}"]
