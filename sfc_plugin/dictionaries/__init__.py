@@ -2,7 +2,8 @@
 dictionaries for neuron circuits (``neurons``) and quality on held-out text (``quality``)."""
 
 from sfc_plugin.dictionaries.loading import (
-    BUNDLED_DIR,
+    COMPANION_RELEASES,
+    ReleaseNotInstalledError,
     load_saes,
     register_release,
     registered_releases,
@@ -11,8 +12,9 @@ from sfc_plugin.dictionaries.loading import (
 from sfc_plugin.dictionaries.neurons import NeuronDictionary, neuron_saes
 
 __all__ = [
-    "BUNDLED_DIR",
+    "COMPANION_RELEASES",
     "NeuronDictionary",
+    "ReleaseNotInstalledError",
     "load_saes",
     "neuron_saes",
     "register_release",

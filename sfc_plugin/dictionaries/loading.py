@@ -5,9 +5,11 @@
 (``sae.cfg.metadata.hook_name``; a transcoder's ``hook_name_out``) and ordered as the model
 computes those hooks (see :func:`sfc_plugin.sites.hook_sort_key`). Accepted sources:
 
-* a release name: either a release bundled with this package (see :func:`register_release`)
-  or a SAELens pretrained release (a key of SAELens' ``pretrained_saes.yaml``), with
-  ``sae_ids`` choosing some of its SAEs (all of them if ``None``);
+* a release name: either an installed release (a data package declaring an entry point in
+  the ``sfc_plugin.releases`` group, such as the embedded model's :data:`COMPANION_RELEASES`,
+  or a directory given to :func:`register_release`) or a SAELens pretrained release (a key
+  of SAELens' ``pretrained_saes.yaml``), with ``sae_ids`` choosing some of its SAEs (all of
+  them if ``None``);
 * a directory written by ``SAE.save_model`` (``cfg.json`` + ``sae_weights.safetensors``),
   a directory whose immediate subdirectories are such directories, or a list of either;
 * Dunefsky et al.'s transcoder files (``final_sparse_autoencoder_<model>_blocks.<L>.<hook>_
@@ -15,8 +17,9 @@ computes those hooks (see :func:`sfc_plugin.sites.hook_sort_key`). Accepted sour
   holding them (beside or instead of ``save_model`` subdirectories);
 * SAE objects: one ``SAE``, a list of them, or a dict ``hook_name -> SAE``.
 
-Bundled releases are plain directories of ``SAE.save_model`` subdirectories, one per SAE id
-(the id is the subdirectory name); they load offline and take precedence over SAELens' names.
+Installed releases are plain directories of ``SAE.save_model`` subdirectories, one per SAE
+id (the id is the subdirectory name); they load offline and take precedence over SAELens'
+names.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,8 @@ from sfc_plugin.dictionaries.dunefsky import is_dunefsky_file, load_dunefsky_tra
 from sfc_plugin.sites import hook_sort_key
 
 __all__ = [
+    "COMPANION_RELEASES",
+    "ReleaseNotInstalledError",
     "load_saes",
     "register_release",
     "registered_releases",
@@ -82,12 +89,39 @@ def registered_releases() -> dict[str, Path]:
     return dict(_BUNDLED_RELEASES)
 
 
-BUNDLED_DIR = Path(__file__).parents[1] / "resources" / "saes"
-"""Releases shipped inside the package: one subdirectory per release name."""
+RELEASES_ENTRY_POINTS = "sfc_plugin.releases"
+"""The entry-point group of installed releases: each entry is ``name = "module:DIRECTORY"``,
+the directory of one ``SAE.save_model`` subdirectory per SAE id."""
 
-for _release in sorted(BUNDLED_DIR.iterdir()) if BUNDLED_DIR.is_dir() else []:
-    if _release.is_dir():
-        register_release(_release.name, _release)
+COMPANION_RELEASES: dict[str, str] = {
+    "smollm2-135m-sfc": "sfc-plugin-smollm2-135m-sfc",
+    "smollm2-135m-sfc-attn": "sfc-plugin-smollm2-135m-sfc-attn",
+    "smollm2-135m-sfc-transcoders": "sfc-plugin-smollm2-135m-sfc-transcoders",
+}
+"""The embedded model's releases: name -> the distribution that ships it (all three come with
+``pip install "sfc_plugin[smollm2]"``). They are data packages of their own, as their
+weights (50-80 MB each) would take the main wheel over PyPI's 100 MB per-file limit."""
+
+
+class ReleaseNotInstalledError(ValueError):
+    """A release of :data:`COMPANION_RELEASES` was asked for, but its package is not
+    installed."""
+
+
+def _register_installed_releases() -> None:
+    """Register every release that an installed distribution declares in the
+    :data:`RELEASES_ENTRY_POINTS` group; a broken entry is skipped with a warning."""
+    for entry in entry_points(group=RELEASES_ENTRY_POINTS):
+        try:
+            register_release(entry.name, entry.load())
+        except Exception as e:  # a broken third-party package must not break the import
+            warnings.warn(
+                f"release {entry.name!r} ({entry.value}) could not be registered: {e}",
+                stacklevel=2,
+            )
+
+
+_register_installed_releases()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -264,6 +298,12 @@ def _load_release_or_path(
         directory = _pretrained_releases()
         if source in directory:
             return _load_pretrained(source, ids, device, dtype)
+        if source in COMPANION_RELEASES:
+            raise ReleaseNotInstalledError(
+                f"source: release {source!r} is a package of its own and is not installed: "
+                f'pip install {COMPANION_RELEASES[source]} (or "sfc_plugin[smollm2]" for all '
+                "of the embedded model's releases)"
+            )
         if not Path(source).exists():
             releases = [*_BUNDLED_RELEASES, *directory]
             raise ValueError(

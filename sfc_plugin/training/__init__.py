@@ -1,2 +1,2 @@
 """Making dictionaries: the offline training corpus, the SAE trainer (SAELens'
-multi-SAE runner) and bundling a release into the package."""
+multi-SAE runner) and bundling trained SAEs as a release."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sfc_plugin.datasets.text import read_texts
-from sfc_plugin.dictionaries import BUNDLED_DIR, load_saes
+from sfc_plugin.dictionaries import COMPANION_RELEASES, load_saes, registered_releases
 from sfc_plugin.dictionaries.quality import sae_quality
 from sfc_plugin.sites import attach_saes
 
@@ -39,8 +39,12 @@ def saes(real_model, release):
     return load_saes(release, device=real_model.cfg.device)
 
 
+def test_every_companion_release_is_tested():
+    assert set(RELEASES) == set(COMPANION_RELEASES)
+
+
 def test_every_bundled_sae_loads_by_name_offline(saes, real_model, release):
-    ids = sorted(p.name for p in (BUNDLED_DIR / release).iterdir())
+    ids = sorted(p.name for p in registered_releases()[release].iterdir())
     assert sorted(saes) == ids and len(ids) >= 30
     reads = RELEASES[release][1]
     for hook, sae in saes.items():

@@ -337,7 +337,9 @@ def test_corpus_bundle_and_quality_commands(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(bundle, "bundle", fake_bundle)
     assert main(["bundle", "run/saes"]) == 0
-    assert calls.pop() == ("run/saes", {k: expected[k] for k in ("release", "model")})
+    assert calls.pop() == ("run/saes", {k: expected[k] for k in ("release", "model", "dest")})
+    assert main(["bundle", "run/saes", "--release", "new", "--dest", "pkg/saes"]) == 0
+    assert calls.pop()[1] == {"release": "new", "model": expected["model"], "dest": "pkg/saes"}
 
     expected = _defaults(quality.sae_quality)
     model = SimpleNamespace(cfg=SimpleNamespace(device="cpu"))

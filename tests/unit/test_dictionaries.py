@@ -9,6 +9,11 @@ forced offline and every socket connect / DNS lookup is recorded and refused.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import sae_metadata
@@ -18,12 +23,15 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import sfc_plugin.dictionaries.loading as dictionaries
 from sfc_plugin.dictionaries import (
+    COMPANION_RELEASES,
+    ReleaseNotInstalledError,
     load_saes,
     register_release,
     registered_releases,
     unregister_release,
 )
 from sfc_plugin.sites import hook_sort_key
+from sfc_plugin.training.bundle import bundle
 
 D_IN = 32
 D_SAE = 64
@@ -330,7 +338,7 @@ def test_bundled_release(bundled, saved, no_network):
         load_saes("smollm2-135m-sfc", sae_ids=["sae_9"])
     unregister_release("smollm2-135m-sfc")
     assert registered_releases() == {}
-    with pytest.raises(ValueError, match="smollm2-135m-sfc"):
+    with pytest.raises(ReleaseNotInstalledError, match="smollm2-135m-sfc"):
         load_saes("smollm2-135m-sfc")
     assert no_network == []
 
@@ -345,6 +353,88 @@ def test_bundled_release_shadows_saelens_release(bundled, saved, no_network):
 def test_register_missing_directory(bundled, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         register_release("x", tmp_path / "nowhere")
+
+
+def test_companion_release_not_installed_names_its_package(bundled, no_network):
+    for name, package in COMPANION_RELEASES.items():
+        with pytest.raises(ReleaseNotInstalledError, match=f"pip install {package}"):
+            load_saes(name)
+    assert no_network == []
+
+
+ENTRY_POINT_SCRIPT = """
+import json, sys, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from sfc_plugin.dictionaries import load_saes, registered_releases
+print(json.dumps({
+    "releases": {k: str(v) for k, v in registered_releases().items()},
+    "hooks": list(load_saes("fake-release", sae_ids=["sae_0"], device="cpu")),
+    "warnings": [str(w.message) for w in caught],
+}))
+"""
+
+
+def _fake_distribution(site, name: str, module: str, entry: str, body: str) -> None:
+    """An installed distribution as pip leaves one: a module and a dist-info directory whose
+    entry_points.txt declares ``entry`` in the sfc_plugin.releases group."""
+    (site / f"{module}.py").write_text(body)
+    info = site / f"{name}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[{dictionaries.RELEASES_ENTRY_POINTS}]\n{entry}\n")
+
+
+def test_installed_release_registered_from_its_entry_point(saved, tmp_path):
+    """A data package declaring an entry point is loadable by name in a fresh interpreter; a
+    broken one is skipped with a warning naming it."""
+    root, _ = saved
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_distribution(
+        site, "fake_release", "fake_release_data", "fake-release = fake_release_data:DIRECTORY",
+        f"DIRECTORY = {str(root)!r}\n",
+    )  # fmt: skip
+    _fake_distribution(
+        site, "broken_release", "broken_release_data", "broken = broken_release_data:MISSING",
+        "",
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    run = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["releases"]["fake-release"] == str(root.resolve())
+    assert "broken" not in out["releases"]
+    assert out["hooks"] == [HOOKS[2]]  # sae_0 (see saved)
+    assert any("'broken'" in w and "MISSING" in w for w in out["warnings"]), out["warnings"]
+
+
+def test_bundle_replaces_an_installed_release_in_place(bundled, saved, tmp_path):
+    src, saes = saved
+    release = tmp_path / "package" / "saes"
+    make_sae("blocks.9.hook_mlp_out").save_model(release / "blocks.9.hook_mlp_out")  # old
+    (release / "README.md").write_text("kept")
+    register_release("test-release", release)
+
+    dest = bundle(src, release="test-release", model="tiny")
+    assert dest == release.resolve()
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*HOOKS, "README.md"])
+    assert (dest / "README.md").read_text() == "kept"
+    loaded = load_saes("test-release", device="cpu")
+    assert list(loaded) == HOOKS
+    for hook, sae in loaded.items():
+        meta = sae.cfg.metadata
+        assert (meta.model_name, meta.release, meta.sae_id) == ("tiny", "test-release", hook)
+        stored = SAE.load_from_disk(dest / hook, dtype="bfloat16")
+        assert stored.W_dec.dtype == torch.bfloat16
+        torch.testing.assert_close(sae.W_dec, saes[hook].W_dec.bfloat16().float())
+
+    new = bundle(src, release="new-release", dest=tmp_path / "new")
+    assert sorted(p.name for p in new.iterdir()) == HOOKS
+    with pytest.raises(ValueError, match="'unknown'.*dest"):
+        bundle(src, release="unknown")
 
 
 # --------------------------------------------------------------------------- errors
