@@ -885,11 +885,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_bundle(args: argparse.Namespace) -> None:
+    from sfc_plugin.dictionaries.loading import SAE_CFG_FILENAME
     from sfc_plugin.training import bundle
 
     dest = bundle.bundle(args.src, release=args.release, model=args.model, dest=args.dest)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    count = sum((p / "cfg.json").is_file() for p in dest.iterdir())
+    count = sum((p / SAE_CFG_FILENAME).is_file() for p in dest.iterdir())
     print(f"bundled {count} SAEs into {dest} ({size / 2**20:.1f} MiB)")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sfc_plugin.dictionaries import load_saes, registered_releases
+from sfc_plugin.dictionaries.loading import SAE_CFG_FILENAME
 
 
 def bundle(
@@ -47,7 +48,7 @@ def bundle(
     dest = Path(dest)
     if dest.is_dir():  # replace the earlier version's SAEs, keep everything else
         for old in dest.iterdir():
-            if (old / "cfg.json").is_file():
+            if (old / SAE_CFG_FILENAME).is_file():
                 shutil.rmtree(old)
     for hook, sae in saes.items():
         sae = sae.to(dtype=torch.bfloat16)

@@ -66,7 +66,7 @@ def test_the_page_lists_every_finished_row_in_order(monkeypatch, tmp_path):
     monkeypatch.setattr(levers_module, "run_row", fake_row)
     first, *_, last = list(ROWS)
     levers(LeverSettings(out=tmp_path, rows=[last]))
-    page = levers(LeverSettings(out=tmp_path, rows=[first, last]))
+    levers(LeverSettings(out=tmp_path, rows=[first, last]))
     assert ran == [ROWS[last], ROWS[first]]  # last was found done the second time
     page = levers(LeverSettings(out=tmp_path, rows=[first]))  # the page keeps last
     assert len(ran) == 2

@@ -110,13 +110,14 @@ def test_wheels_install_beside_saelens_and_compute_a_circuit(tmp_path):
     assert not [n for n in names if n.startswith(("tests/", "docs/", "benchmarks/"))]
     assert not [n for n in names if n.endswith(".safetensors")]
     for release, package in COMPANION_RELEASES.items():
-        (data,) = dist.glob(f"{package.replace('-', '_')}-0.1.0-py3-none-any.whl")
+        stem = f"{package.replace('-', '_')}-0.1.0"
+        (data,) = dist.glob(f"{stem}-py3-none-any.whl")
         names = zipfile.ZipFile(data).namelist()
-        info = f"{package.replace('-', '_')}-0.1.0.dist-info"
+        info = f"{stem}.dist-info"
         for needed in (f"{info}/licenses/LICENSE", f"{info}/licenses/NOTICE.md"):
             assert needed in names, needed
+        stored = [n for n in names if n.startswith(f"{_module(release)}/saes/")]
         for file in ("cfg.json", "sae_weights.safetensors"):
-            stored = [n for n in names if n.startswith(f"{_module(release)}/saes/")]
             assert len([n for n in stored if n.endswith(f"/{file}")]) == 30, (release, file)
         entry = zipfile.ZipFile(data).read(f"{info}/entry_points.txt").decode()
         assert f"{release} = {_module(release)}:DIRECTORY" in entry
